@@ -1,0 +1,225 @@
+"""The quantization schemes of document 000 and their QKeras quantizers.
+
+A :class:`Scheme` is a data-only description of how one tensor (kernel, bias or activation)
+is represented. Names are what users write in a search config:
+
+==============  ==========================================  =====
+name            values                                      bits
+==============  ==========================================  =====
+``binary``      {-1, +1} x power-of-two scale               1
+``binary01``    {0, 1} x power-of-two scale (modified bin.)  1
+``ternary``     {-1, 0, +1} x power-of-two scale            2
+``po2(E)``      +-2^k, k from an (E-1)-bit exponent         E
+``fixed(M)``    M-bit two's-complement grid                 M
+``fixed(M,I)``  same, I of the M bits left of the point     M
+``float16``     IEEE half                                   16
+``float32``     IEEE single (not quantized)                 32
+==============  ==========================================  =====
+
+Training uses qkeras-v3 quantizers (straight-through estimators). Weight quantizers get a
+per-channel power-of-two scale (``alpha="auto_po2"``): that is the constant exponent ``c`` of
+document 000's bit tuples, and it keeps every scheme exactly representable in int8 TFLite.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "Scheme",
+    "UnknownQuantizerError",
+    "parse_scheme",
+    "FLOAT32",
+    "INT8",
+    "qkeras_custom_objects",
+]
+
+SchemeKind = Literal["binary", "binary01", "ternary", "po2", "fixed", "float"]
+
+_SCHEME_GRAMMAR = "binary, binary01, ternary, po2(E), fixed(M), fixed(M,I), float16 or float32"
+_PATTERN = re.compile(
+    r"^\s*(?:(?P<simple>binary01|binary|ternary|float16|float32)"
+    r"|po2\(\s*(?P<po2>\d+)\s*\)"
+    r"|fixed\(\s*(?P<m>\d+)\s*(?:,\s*(?P<i>\d+)\s*)?\))\s*$"
+)
+
+
+class UnknownQuantizerError(ValueError):
+    """A quantizer name that is not in the scheme library."""
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How the values of one tensor are represented.
+
+    Attributes:
+        kind: The scheme family.
+        bits: Bits per value (1 for binary, 2 for ternary, E for po2, M for fixed, 16/32 float).
+        integer_bits: For ``fixed`` only: bits left of the binary point, or ``None`` to use the
+            role's default (0 for weights, which carry a power-of-two scale, M // 2 for
+            activations, which do not).
+    """
+
+    kind: SchemeKind
+    bits: int
+    integer_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "fixed" and not 2 <= self.bits <= 32:
+            raise UnknownQuantizerError(f"fixed({self.bits}): M must be between 2 and 32 bits")
+        if self.kind == "po2" and not 2 <= self.bits <= 8:
+            raise UnknownQuantizerError(f"po2({self.bits}): E must be between 2 and 8 bits")
+        if self.integer_bits is not None and not 0 <= self.integer_bits < self.bits:
+            raise UnknownQuantizerError(
+                f"fixed({self.bits},{self.integer_bits}): I must be between 0 and M-1"
+            )
+        if self.kind == "float" and self.bits not in (16, 32):
+            raise UnknownQuantizerError(f"float{self.bits}: only float16 and float32 exist")
+
+    @property
+    def name(self) -> str:
+        """The canonical config name, e.g. ``fixed(4)`` or ``po2(5)``."""
+        if self.kind in ("binary", "binary01", "ternary"):
+            return self.kind
+        if self.kind == "float":
+            return f"float{self.bits}"
+        if self.kind == "po2":
+            return f"po2({self.bits})"
+        if self.integer_bits is None:
+            return f"fixed({self.bits})"
+        return f"fixed({self.bits},{self.integer_bits})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_float(self) -> bool:
+        return self.kind == "float"
+
+    @property
+    def fits_int8(self) -> bool:
+        """Whether every value of this scheme is exactly representable by int8 TFLite."""
+        return not self.is_float and self.bits <= 8
+
+    def weight_quantizer(self) -> object | None:
+        """A QKeras quantizer for a kernel, or ``None`` for float (trained unquantized)."""
+        from qkeras import binary, quantized_bits, quantized_po2, ternary
+
+        if self.kind == "binary":
+            return binary(alpha="auto_po2")
+        if self.kind == "binary01":
+            return binary(use_01=True, alpha="auto_po2")
+        if self.kind == "ternary":
+            return ternary(alpha="auto_po2")
+        if self.kind == "po2":
+            return quantized_po2(self.bits)
+        if self.kind == "fixed":
+            return quantized_bits(self.bits, self.integer_bits or 0, alpha="auto_po2")
+        return None
+
+    def bias_quantizer(self) -> object | None:
+        """A QKeras quantizer for a bias: a fixed grid, no per-channel scale."""
+        from qkeras import binary, quantized_bits, quantized_po2, ternary
+
+        if self.kind == "binary":
+            return binary(alpha=1)
+        if self.kind == "binary01":
+            return binary(use_01=True, alpha=1)
+        if self.kind == "ternary":
+            return ternary(alpha=1)
+        if self.kind == "po2":
+            return quantized_po2(self.bits)
+        if self.kind == "fixed":
+            return quantized_bits(self.bits, self.integer_bits or 0, alpha=1)
+        return None
+
+    def activation_quantizer(self, after_relu: bool) -> object | None:
+        """A QKeras quantizer for a layer output; ``after_relu`` folds the ReLU into it."""
+        from qkeras import (
+            binary,
+            quantized_bits,
+            quantized_po2,
+            quantized_relu,
+            quantized_relu_po2,
+            ternary,
+        )
+
+        integer = self.activation_integer_bits
+        if self.kind == "binary":
+            return binary(use_01=True, alpha=1) if after_relu else binary(alpha=1)
+        if self.kind == "binary01":
+            return binary(use_01=True, alpha=1)
+        if self.kind == "ternary":
+            return ternary(alpha=1)
+        if self.kind == "po2":
+            return quantized_relu_po2(self.bits) if after_relu else quantized_po2(self.bits)
+        if self.kind == "fixed":
+            if after_relu:
+                return quantized_relu(self.bits, integer)
+            return quantized_bits(self.bits, integer, alpha=1)
+        return None
+
+    @property
+    def activation_integer_bits(self) -> int:
+        if self.integer_bits is not None:
+            return self.integer_bits
+        return self.bits // 2 if self.kind == "fixed" else 0
+
+    def bit_tuple(self) -> tuple[int, int, int]:
+        """Document 000's (sign, exponent, mantissa) tuple; ``c`` (shared exponent) as 0."""
+        if self.kind == "binary":
+            return (1, 0, 0)
+        if self.kind == "binary01":
+            return (0, 0, 1)
+        if self.kind == "ternary":
+            return (-1, 0, 1)
+        if self.kind == "po2":
+            return (1, self.bits - 1, 0)
+        if self.kind == "fixed":
+            return (1, 0, self.bits - 1)
+        return (1, 5, 10) if self.bits == 16 else (1, 8, 23)
+
+
+FLOAT32 = Scheme("float", 32)
+INT8 = Scheme("fixed", 8)
+
+
+def parse_scheme(text: str) -> Scheme:
+    """Parse a scheme name from a config.
+
+    Raises:
+        UnknownQuantizerError: ``text`` is not a scheme name; the message lists the grammar.
+    """
+    if not isinstance(text, str):
+        raise UnknownQuantizerError(f"quantizer {text!r} must be a string ({_SCHEME_GRAMMAR})")
+    match = _PATTERN.match(text.lower())
+    if match is None:
+        raise UnknownQuantizerError(f"unknown quantizer {text!r}: expected {_SCHEME_GRAMMAR}")
+    simple = match.group("simple")
+    if simple == "float16":
+        return Scheme("float", 16)
+    if simple == "float32":
+        return Scheme("float", 32)
+    if simple is not None:
+        return Scheme(simple, 1 if simple.startswith("binary") else 2)  # type: ignore[arg-type]
+    if match.group("po2") is not None:
+        return Scheme("po2", int(match.group("po2")))
+    integer = match.group("i")
+    return Scheme("fixed", int(match.group("m")), None if integer is None else int(integer))
+
+
+def qkeras_custom_objects() -> dict[str, object]:
+    """Everything ``keras.models.load_model`` needs to read a trained candidate back."""
+    from qkeras.utils import _add_supported_quantized_objects  # the library's own registry
+
+    objects: dict[str, object] = {}
+    _add_supported_quantized_objects(objects)
+    return objects
+
+
+def ceil_log2(value: int) -> int:
+    """Bits needed to count to ``value`` (accumulator growth); 0 for 1."""
+    return 0 if value <= 1 else math.ceil(math.log2(value))
