@@ -1,0 +1,160 @@
+"""The ``harness`` command: search, measure, report, and the built-in example.
+
+Exit codes: 0 success; 2 bad input (usage, config, model, data) with a one-line message naming
+what is wrong; 1 a runtime failure (a device, a trial loop that keeps failing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+from harness.errors import HarnessError, InputError  # noqa: E402
+
+__all__ = ["main", "cli"]
+
+
+class _Harness(click.Group):
+    """Turns the project's errors into one-line messages and exit codes."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            click.echo(f"error: {_one_line(e)}", err=True)
+            sys.exit(2)
+        except HarnessError as e:
+            click.echo(f"error: {_one_line(e)}", err=True)
+            sys.exit(1)
+        except Exception as e:
+            from devices.base import DeviceError
+            from results.records import ResultsError
+
+            if isinstance(e, (DeviceError, ResultsError)):
+                click.echo(f"error: {_one_line(e)}", err=True)
+                sys.exit(1)
+            raise
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+@click.group(cls=_Harness)
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Search quantized, resized TFLite candidates of a Keras model and measure them."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@cli.command()
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trials", type=click.IntRange(min=1), help="Total trials of the study.")
+@click.option("--sampler", type=click.Choice(["tpe", "nsga2", "nsga3", "gp", "random"]))
+@click.option("--study", help="Study name (resumes when it exists).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", "devices", multiple=True, help="Device to measure on (repeatable).")
+@click.option("--seed", type=int)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def search(config_path: Path | None, trials, sampler, study, results_dir, devices, seed, no_progress) -> None:
+    """Run (or resume) a search from CONFIG_PATH (TOML; defaults: the built-in example on digits)."""
+    from harness.config import SearchConfig, load_config
+    from harness.report import build_report
+    from harness.search_loop import SearchRun
+
+    config = load_config(config_path) if config_path is not None else SearchConfig()
+    config = config.with_overrides(
+        trials=trials, sampler=sampler, study=study, seed=seed,
+        results_dir=None if results_dir is None else str(results_dir),
+        devices=tuple(devices) or None,
+    )
+    summary = SearchRun(config, progress=not no_progress).run()
+    report = build_report(config.results_dir, config.study)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
+    click.echo(f"study {config.study}: {counts}")
+    click.echo(f"Pareto front ({', '.join(f'{k} {v[:3]}' for k, v in report.objectives.items())}):")
+    click.echo(report.table)
+    click.echo(f"trials: {report.csv_path} and {report.parquet_path.name}")
+    if report.plot_path is not None:
+        click.echo(f"plot: {report.plot_path}")
+    click.echo(f"Pareto models: {report.csv_path.parent / 'pareto'} ({len(report.kept)} files)")
+
+
+@cli.command()
+@click.argument("model_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", "device_name", default="local", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--warmup-runs", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--min-runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def measure(model_path: Path, device_name: str, threads, warmup_runs, min_seconds, min_runs, as_json) -> None:
+    """Measure MODEL_PATH (.tflite) on one device."""
+    from devices.base import MeasureSettings
+    from harness.search_loop import resolve_devices
+
+    if not model_path.is_file():
+        raise InputError(f"model {model_path}: no such file")
+    (device,) = resolve_devices((device_name,))
+    settings = MeasureSettings(threads=threads, warmup_runs=warmup_runs, min_seconds=min_seconds, min_runs=min_runs)
+    with device:
+        result = device.measure(model_path, settings)
+    data = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+        return
+    energy = "n/a (no power meter)" if result.energy_mj_median is None else f"{result.energy_mj_median:.4g} mJ ({result.energy_source})"
+    click.echo(
+        f"{result.device}: latency median {result.latency_ms_median:.4g} ms, p90 {result.latency_ms_p90:.4g} ms "
+        f"over {result.n_inferences} inferences in {result.window_s:.2f} s; energy {energy}"
+    )
+
+
+@cli.command()
+@click.argument("study")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+def report(study: str, results_dir: Path) -> None:
+    """Export STUDY's trials and print its Pareto front."""
+    from harness.report import build_report
+
+    result = build_report(results_dir, study)
+    click.echo(result.table)
+    click.echo(f"trials: {result.csv_path} and {result.parquet_path.name}")
+    if result.plot_path is not None:
+        click.echo(f"plot: {result.plot_path}")
+
+
+@cli.group()
+def example() -> None:
+    """The built-in document-000 reference model."""
+
+
+@example.command("train")
+@click.option("--dataset", default="digits", show_default=True, help="digits, fashion-mnist or module:function")
+@click.option("--epochs", type=click.IntRange(min=1))
+def example_train(dataset: str, epochs: int | None) -> None:
+    """Train the example reference on DATASET and cache it (a cached one is reused)."""
+    from harness.example import train_example
+
+    path = train_example(dataset, epochs)
+    click.echo(str(path))
+
+
+def main() -> None:
+    cli(prog_name="harness")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""From a host outcome and device measurements to metrics (with sources) and objective values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from devices.base import Measurement
+from harness.config import SearchConfig
+from harness.evaluate import PJ_PER_MJ, HostOutcome
+from results.records import Metric
+from search.estimates import Estimate
+
+__all__ = ["estimate_metrics", "host_metrics", "measurement_metrics", "objective_values", "OBJECTIVE_METRIC"]
+
+# Which metric each objective reads.
+OBJECTIVE_METRIC = {
+    "accuracy": "accuracy",
+    "energy": "energy_mj",
+    "latency": "latency_ms",
+    "size": "size_bytes",
+    "bops": "bops",
+}
+
+
+def estimate_metrics(cost: Estimate) -> dict[str, Metric]:
+    return {
+        "energy_pj_estimated": Metric(float(cost.energy_pj), "pJ", "estimated"),
+        "bops": Metric(float(cost.bops), "bit-ops", "estimated"),
+        "macs": Metric(float(cost.macs), "MACs", "estimated"),
+        "param_bits": Metric(float(cost.param_bits), "bits", "estimated"),
+        "model_bytes_estimated": Metric(float(cost.model_bytes), "bytes", "estimated"),
+    }
+
+
+def host_metrics(outcome: HostOutcome, config: SearchConfig) -> dict[str, Metric]:
+    accuracy = outcome.tflite_accuracy if config.accuracy_from == "tflite" else outcome.keras_accuracy
+    metrics = {
+        "accuracy": Metric(accuracy, "fraction", "measured"),
+        "keras_accuracy": Metric(outcome.keras_accuracy, "fraction", "measured"),
+        "tflite_accuracy": Metric(outcome.tflite_accuracy, "fraction", "measured"),
+    }
+    if outcome.tflite_bytes is not None:
+        metrics["size_bytes"] = Metric(float(outcome.tflite_bytes), "bytes", "measured")
+    return metrics
+
+
+def measurement_metrics(
+    measurements: Sequence[Measurement], cost: Estimate, aggregate: str
+) -> dict[str, Metric]:
+    """Latency (and energy when every device has a meter) aggregated over devices.
+
+    Without a meter on every device, ``energy_mj`` falls back to the host estimate and says so.
+    """
+    reduce = np.max if aggregate == "max" else np.mean
+    metrics: dict[str, Metric] = {}
+    if measurements:
+        metrics["latency_ms"] = Metric(float(reduce([m.latency_ms_median for m in measurements])), "ms", "measured")
+        metrics["latency_ms_p90"] = Metric(float(reduce([m.latency_ms_p90 for m in measurements])), "ms", "measured")
+        for m in measurements:
+            metrics[f"latency_ms.{m.device}"] = Metric(m.latency_ms_median, "ms", "measured")
+    energies = [m.energy_mj_median for m in measurements]
+    if measurements and all(e is not None for e in energies):
+        simulated = any(m.energy_source == "simulated" for m in measurements)
+        source = "simulated" if simulated else "measured"
+        metrics["energy_mj"] = Metric(float(reduce(energies)), "mJ", source)  # type: ignore[arg-type]
+        for m in measurements:
+            metrics[f"energy_mj.{m.device}"] = Metric(m.energy_mj_median, "mJ", m.energy_source)
+    else:
+        metrics["energy_mj"] = Metric(cost.energy_pj / PJ_PER_MJ, "mJ", "estimated")
+    return metrics
+
+
+def objective_values(metrics: dict[str, Metric], config: SearchConfig) -> list[float]:
+    """Values in the order of the study's objectives (``score`` alone in score mode)."""
+    if config.mode == "score":
+        return [_value(metrics, "score")]
+    return [_value(metrics, OBJECTIVE_METRIC[name]) for name in config.objectives]
+
+
+def _value(metrics: dict[str, Metric], name: str) -> float:
+    metric = metrics.get(name)
+    if metric is None or metric.value is None:
+        raise KeyError(f"objective metric {name!r} has no value")
+    return float(metric.value)

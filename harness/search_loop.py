@@ -1,0 +1,441 @@
+"""The search: an Optuna study proposes, the host trains and lowers, devices measure.
+
+Trials flow through two stages that overlap: the main thread builds, trains and lowers one
+candidate while device workers (one thread per device) measure earlier ones; ``ask``/``tell``
+decouple the two, so up to ``in_flight`` candidates wait for devices at any time.
+
+Nothing measured is lost: a trial's record is written to the results store after every stage
+and *before* Optuna is told, so a killed search that is started again (same study name) tells
+Optuna what the store already holds and redoes only unfinished candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import optuna
+from tqdm import tqdm
+
+from devices.base import Device, DeviceError, MeasureSettings, Measurement
+from devices.local import LocalDevice
+from harness.config import SearchConfig
+from harness.data import Dataset, check_fits, load_dataset
+from harness.errors import HarnessError, InputError
+from harness.evaluate import PJ_PER_MJ, CandidateEvaluator, HostOutcome, sha256_file
+from harness.host_gate import HostCpuGate
+from harness.objectives import estimate_metrics, host_metrics, measurement_metrics, objective_values
+from harness.reference import load_reference
+from results.records import Artifact, Metric, TrialRecord
+from results.store import ResultsStore
+from search.candidate import CandidateSpec
+from search.graph import GraphError
+from search.samplers import make_pruner, make_sampler
+from search.space import SearchSpace, SpaceError, build_space
+
+__all__ = ["SearchRun", "SearchSummary", "resolve_devices", "open_study", "study_storage_url"]
+
+log = logging.getLogger(__name__)
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+def study_storage_url(results_dir: Path) -> str:
+    return f"sqlite:///{(results_dir / 'optuna.sqlite3').resolve()}"
+
+
+def resolve_devices(names: tuple[str, ...]) -> list[Device]:
+    """Devices by name; only the host (``local``) until an inventory is configured."""
+    devices: list[Device] = []
+    for name in names:
+        if name == "local":
+            devices.append(LocalDevice())
+        else:
+            raise InputError(f"device {name!r}: unknown device (known: local)")
+    return devices
+
+
+def open_study(config: SearchConfig, results_dir: Path) -> optuna.Study:
+    """Create the study, or load it when it exists with the same objectives."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(study_storage_url(results_dir))
+    multi = config.mode == "pareto" and len(config.directions) > 1
+    sampler = make_sampler(config.sampler, seed=config.seed, multi_objective=multi)
+    pruner = make_pruner(config.pruner if config.mode == "score" else None)
+    study = optuna.create_study(
+        study_name=config.study, storage=storage, sampler=sampler, pruner=pruner,
+        directions=config.directions, load_if_exists=True,
+    )
+    objectives = ["score"] if config.mode == "score" else list(config.objectives)
+    saved = study.user_attrs.get("objectives")
+    if saved is not None and saved != objectives:
+        raise InputError(
+            f"study {config.study!r} exists with objectives {saved}, not {objectives}; "
+            "pick another --study name"
+        )
+    study.set_user_attr("objectives", objectives)
+    study.set_user_attr("directions", list(config.directions))
+    return study
+
+
+@dataclass
+class _Pending:
+    trial: optuna.trial.Trial
+    record: TrialRecord
+    outcome: HostOutcome
+    futures: dict[str, Future[Measurement]]
+
+
+@dataclass
+class SearchSummary:
+    study: str
+    finished: int
+    counts: dict[str, int] = field(default_factory=dict)
+    study_dir: Path | None = None
+
+
+class SearchRun:
+    """One search process over one study. Use :meth:`run` once."""
+
+    def __init__(self, config: SearchConfig, *, progress: bool = True, devices: list[Device] | None = None) -> None:
+        self.config = config
+        self.progress = progress
+        self.results_dir = Path(config.results_dir)
+        self.study_dir = self.results_dir / config.study
+        self.reference: keras.Model = load_reference(config.reference, example_dataset=config.dataset)
+        self.dataset: Dataset = load_dataset(
+            config.dataset, path=config.data_path,
+            validation_fraction=config.validation_fraction, seed=config.seed,
+        )
+        check_fits(self.dataset, self.reference)
+        try:
+            self.space: SearchSpace = build_space(self.reference, config.space)
+        except (SpaceError, GraphError) as e:
+            raise InputError(f"reference model {config.reference!r}: {e}") from e
+        if not self.space.distributions():
+            raise InputError("the search space has no choices left: check the [[search.layer]] rules")
+        self.devices = devices if devices is not None else resolve_devices(config.measure.devices)
+        self.gate = HostCpuGate()
+        self.evaluator = CandidateEvaluator(self.reference, self.space, self.dataset, config, self.gate)
+        self.settings = MeasureSettings(
+            threads=config.measure.threads, warmup_runs=config.measure.warmup_runs,
+            min_seconds=config.measure.min_seconds, min_runs=config.measure.min_runs,
+        )
+        self.probe = self.dataset.x_val[:1]
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> SearchSummary:
+        self.study_dir.mkdir(parents=True, exist_ok=True)
+        study = open_study(self.config, self.results_dir)
+        with ResultsStore(self.results_dir / "harness.sqlite") as store:
+            self._recover(study, store)
+            self._seed(study)
+            self._baseline_cost = self._score_baseline() if self.config.mode == "score" else None
+            executors = {d.name: ThreadPoolExecutor(1, thread_name_prefix=f"measure-{d.name}") for d in self.devices}
+            pending: list[_Pending] = []
+            failures = 0
+            bar = tqdm(total=self.config.trials, initial=self._finished(study), disable=not self.progress,
+                       desc=f"search {self.config.study}", unit="trial")
+            try:
+                while True:
+                    done = self._collect(study, store, pending, block=False, bar=bar)
+                    failures = 0 if done > 0 else failures
+                    finished = self._finished(study)
+                    if finished >= self.config.trials:
+                        break
+                    if finished + len(pending) >= self.config.trials or len(pending) >= self.config.in_flight:
+                        self._collect(study, store, pending, block=True, bar=bar)
+                        continue
+                    ok = self._start_trial(study, store, executors, pending, bar)
+                    failures = 0 if ok else failures + 1
+                    if failures >= MAX_CONSECUTIVE_FAILURES:
+                        raise HarnessError(
+                            f"{failures} trials failed in a row; last error: {self._last_error}"
+                        )
+            finally:
+                while pending:  # measurements under way are finished and kept, even on Ctrl-C
+                    self._collect(study, store, pending, block=True, bar=bar)
+                for executor in executors.values():
+                    executor.shutdown(wait=True)
+                for device in self.devices:
+                    device.close()
+                bar.close()
+            counts: dict[str, int] = {}
+            for record in store.records(self.config.study):
+                counts[record.state] = counts.get(record.state, 0) + 1
+        return SearchSummary(self.config.study, self._finished(study), counts, self.study_dir)
+
+    _last_error: str | None = None
+
+    @staticmethod
+    def _finished(study: optuna.Study) -> int:
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        return len(study.get_trials(deepcopy=False, states=states))
+
+    def _seed(self, study: optuna.Study) -> None:
+        if study.get_trials(deepcopy=False):
+            return
+        for spec in (self.space.reference_spec(), self.space.int8_spec()):
+            params = self.space.params_for(spec)
+            if params is None:
+                log.warning("the %s candidate is outside the search space; not seeded", spec.label)
+                continue
+            study.enqueue_trial(params, user_attrs={"label": spec.label})
+
+    def _recover(self, study: optuna.Study, store: ResultsStore) -> None:
+        """Settle trials left RUNNING by a search on this host that died."""
+        host = socket.gethostname()
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            owner = str(trial.user_attrs.get("owner", ""))
+            owner_host, _, pid = owner.rpartition(":")
+            if owner_host != host or (pid.isdigit() and _alive(int(pid))):
+                continue  # another live process (or another host) owns it
+            record = store.get(self.config.study, trial.number)
+            if record is not None and record.state == "complete":
+                values = objective_values(record.metrics, self.config)
+                study.tell(trial.number, values)
+                log.info("trial %d: recovered its stored measurement", trial.number)
+                continue
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(
+                trial.params,
+                user_attrs={"label": trial.user_attrs.get("label", ""), "retry_of": trial.number},
+            )
+            if record is not None:
+                record.state, record.error = "failed", "the search process died; candidate re-queued"
+                store.put(record)
+            log.info("trial %d: its process died; candidate re-queued", trial.number)
+
+    # -- one trial ------------------------------------------------------------------------
+    def _start_trial(self, study, store, executors, pending, bar) -> bool:
+        trial = study.ask()
+        trial.set_user_attr("owner", self.owner)
+        label = str(trial.user_attrs.get("label", ""))
+        spec = self.space.suggest(trial)
+        spec = CandidateSpec(spec.layers, label)
+        record = TrialRecord(
+            study=self.config.study, trial_number=trial.number, candidate_key=spec.key,
+            state="running", label=label, params=dict(trial.params), layers=spec.to_dict(),
+        )
+        cached = store.find_complete(self.config.study, spec.key)
+        if cached is not None:
+            record.metrics, record.artifacts = dict(cached.metrics), dict(cached.artifacts)
+            record.measurements, record.flags = list(cached.measurements), [*cached.flags, f"reused:{cached.trial_number}"]
+            record.state = "complete"
+            store.put(record)
+            study.tell(trial, objective_values(record.metrics, self.config))
+            bar.update(1)
+            return True
+        try:
+            model, cost, build_s = self.evaluator.build(spec)
+        except Exception as e:  # a candidate that cannot be built is a failed trial, not a crash
+            return self._fail(study, store, trial, record, f"build failed: {e}")
+        record.timings_s["build"] = build_s
+        record.metrics.update(estimate_metrics(cost))
+        reason = self.evaluator.rejection(cost)
+        if reason is not None:
+            record.state, record.error = "rejected", reason
+            store.put(record)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            bar.update(1)
+            return True
+        store.put(record)
+        callbacks = []
+        if self.config.mode == "score":
+            callbacks.append(_ScorePruning(trial, self, cost))
+        trial_dir = self.study_dir / "trials" / f"{trial.number:05d}"
+        try:
+            outcome = self.evaluator.train_and_lower(
+                spec, model, cost, trial_dir, callbacks, train=label != "reference"
+            )
+        except optuna.TrialPruned:
+            record.state, record.error = "pruned", "pruned during training"
+            store.put(record)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            bar.update(1)
+            return True
+        except Exception as e:
+            return self._fail(study, store, trial, record, f"train/convert failed: {e}")
+        record.timings_s.update(outcome.timings_s)
+        record.metrics.update(host_metrics(outcome, self.config))
+        record.flags.extend(outcome.flags)
+        for name, path in (("tflite", outcome.tflite_path), ("keras", outcome.keras_path)):
+            if path is not None:
+                record.artifacts[name] = Artifact(str(path), sha256_file(path))
+        record.params["lowering_mode"] = outcome.lowering_mode
+        store.put(record)
+        minimum = self.config.constraints.min_accuracy
+        accuracy = record.metric_value("accuracy")
+        if minimum is not None and accuracy is not None and accuracy < minimum:
+            record.state = "rejected"
+            record.error = f"accuracy {accuracy:.4f} is below the minimum {minimum:.4f}; not measured"
+            store.put(record)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            bar.update(1)
+            return True
+        futures = {
+            d.name: executors[d.name].submit(self._measure, d, outcome.tflite_path) for d in self.devices
+        }
+        pending.append(_Pending(trial, record, outcome, futures))
+        return True
+
+    def _fail(self, study, store, trial, record: TrialRecord, message: str) -> bool:
+        message = " ".join(message.split())[:500]
+        log.warning("trial %d failed: %s", trial.number, message)
+        self._last_error = message
+        record.state, record.error = "failed", message
+        store.put(record)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+
+    def _measure(self, device: Device, model_path: Path) -> Measurement:
+        if isinstance(device, LocalDevice):
+            with self.gate.exclusive():
+                return device.measure(model_path, self.settings, self.probe)
+        return device.measure(model_path, self.settings, self.probe)
+
+    def _collect(self, study, store, pending: list[_Pending], *, block: bool, bar) -> int:
+        """Finish the pending trials whose measurements are all in; returns how many."""
+        if block and pending:
+            all_futures = [f for p in pending for f in p.futures.values()]
+            wait(all_futures, return_when=FIRST_COMPLETED)
+        finished = 0
+        for item in list(pending):
+            if not all(f.done() for f in item.futures.values()):
+                continue
+            pending.remove(item)
+            finished += 1
+            self._finish(study, store, item)
+            bar.update(1)
+        return finished
+
+    def _finish(self, study, store, item: _Pending) -> None:
+        record, outcome = item.record, item.outcome
+        measurements: list[Measurement] = []
+        errors = []
+        for name, future in item.futures.items():
+            try:
+                measurements.append(future.result())
+            except DeviceError as e:
+                errors.append(f"{name}: {e}")
+            except Exception as e:  # a runner bug must not take the search down
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+        record.measurements = [m.to_dict() for m in measurements]
+        if measurements:
+            record.timings_s["measure"] = sum(m.window_s for m in measurements)
+        if errors:
+            self._fail(study, store, item.trial, record, "measurement failed: " + "; ".join(errors))
+            return
+        record.metrics.update(measurement_metrics(measurements, outcome.estimate, self.config.measure.latency_aggregate))
+        if self.config.mode == "score":
+            record.metrics["score"] = Metric(self._score(record), "score", "measured")
+        violations = self._violations(record)
+        record.flags.extend(f"constraint:{v}" for v in violations)
+        record.state = "complete"
+        values = objective_values(record.metrics, self.config)
+        store.put(record)  # persisted before Optuna hears of it: a crash here loses nothing
+        if violations:
+            item.trial.set_constraint([1.0])
+        study.tell(item.trial, values)
+
+    def _violations(self, record: TrialRecord) -> list[str]:
+        limits = self.config.constraints
+        checks = (
+            ("latency_ms", limits.max_latency_ms),
+            ("energy_mj", limits.max_energy_mj),
+            ("size_bytes", limits.max_size_bytes),
+        )
+        out = []
+        for metric, limit in checks:
+            value = record.metric_value(metric)
+            if limit is not None and value is not None and value > limit:
+                out.append(f"{metric}={value:.4g}>{limit:.4g}")
+        return out
+
+    # -- score mode ----------------------------------------------------------------------
+    def _cost_of(self, metrics: dict[str, Metric]) -> float | None:
+        name = {"energy": "energy_mj", "bops": "bops", "size": "model_bytes_estimated", "latency": "latency_ms"}[
+            self.config.score_cost
+        ]
+        metric = metrics.get(name)
+        return None if metric is None else metric.value
+
+    def _score_baseline(self) -> float:
+        """The int8 reference's cost, the denominator of the forgiving factor."""
+        spec = self.space.int8_spec()
+        model, cost, _ = self.evaluator.build(spec)
+        metrics = estimate_metrics(cost)
+        metrics["energy_mj"] = Metric(cost.energy_pj / PJ_PER_MJ, "mJ", "estimated")
+        needs_device = self.config.score_cost == "latency" or (
+            self.config.score_cost == "energy" and all(d.has_energy_meter for d in self.devices)
+        )
+        if needs_device:
+            outcome = self.evaluator.train_and_lower(spec, model, cost, self.study_dir / "baseline", train=False)
+            measurements = [self._measure(d, outcome.tflite_path) for d in self.devices]
+            metrics.update(measurement_metrics(measurements, cost, self.config.measure.latency_aggregate))
+        value = self._cost_of(metrics)
+        if value is None or value <= 0:
+            raise HarnessError(f"the int8 reference has no usable {self.config.score_cost} cost ({value})")
+        return float(value)
+
+    def _score(self, record: TrialRecord) -> float:
+        cost = self._cost_of(record.metrics)
+        accuracy = record.metric_value("accuracy") or 0.0
+        assert self._baseline_cost is not None and cost is not None
+        return self.config.score.score(accuracy, self._baseline_cost, cost)
+
+
+class _ScorePruning(keras.callbacks.Callback):
+    """Reports the forgiving-factor score per epoch so Hyperband can stop weak candidates."""
+
+    def __init__(self, trial: optuna.trial.Trial, run: SearchRun, cost) -> None:
+        super().__init__()
+        self.trial = trial
+        metrics = estimate_metrics(cost)
+        metrics["energy_mj"] = Metric(cost.energy_pj / PJ_PER_MJ, "mJ", "estimated")
+        trial_cost = run._cost_of(metrics) if run.config.score_cost != "latency" else None
+        baseline = run._baseline_cost
+        self.factor = 1.0
+        if trial_cost and baseline:
+            self.factor = 1.0 + run.config.score.delta(baseline, trial_cost)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        accuracy = float((logs or {}).get("val_accuracy", 0.0))
+        self.trial.report(accuracy * self.factor, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def copy_pareto_artifacts(records: list[TrialRecord], numbers: set[int], out_dir: Path) -> list[Path]:
+    """Copy the Pareto candidates' .tflite and .keras to ``out_dir`` (replacing older copies)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    copied = []
+    for record in records:
+        if record.trial_number not in numbers:
+            continue
+        for name, artifact in record.artifacts.items():
+            source = Path(artifact.path)
+            if source.exists():
+                suffix = "".join(source.suffixes[-1:])
+                target = out_dir / f"trial{record.trial_number:05d}{'-' + record.label if record.label else ''}{suffix}"
+                shutil.copy2(source, target)
+                copied.append(target)
+    return copied

@@ -1,0 +1,113 @@
+"""Proxy training of a candidate with quantization-aware training.
+
+The QKeras layers quantize in the forward pass and pass gradients straight through (the
+straight-through estimator), so plain ``model.fit`` is QAT. "Proxy" means document 000's cheap
+evaluation: a fraction of the training data for a few epochs, starting from inherited weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+__all__ = ["TrainSettings", "TrainResult", "train_candidate", "evaluate_keras", "loss_for"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 2
+    data_fraction: float = 0.5
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"training epochs must be >= 0, got {self.epochs}")
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ValueError(f"training data_fraction must be in (0, 1], got {self.data_fraction}")
+        if self.batch_size < 1:
+            raise ValueError(f"training batch_size must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"training learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    val_accuracy: float
+    epochs_run: int
+    train_s: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def loss_for(model: keras.Model) -> keras.losses.Loss:
+    """Sparse categorical cross-entropy, on probabilities when the model ends in softmax."""
+    last = model.layers[-1]
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    from_logits = activation != "softmax" and type(last).__name__ not in ("Softmax",)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+
+
+def _compile(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=loss_for(model),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def _stratified_fraction(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    if fraction >= 1.0:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        count = max(1, round(len(members) * fraction))
+        picked.append(rng.choice(members, size=count, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def train_candidate(
+    model: keras.Model,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    settings: TrainSettings,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Fine-tune ``model`` in place on a stratified fraction of the training split.
+
+    ``callbacks`` may stop training early (a pruner) by raising from a hook; the exception
+    propagates to the caller.
+    """
+    keras.utils.set_random_seed(settings.seed)
+    _compile(model, settings.learning_rate)
+    index = _stratified_fraction(y_train, settings.data_fraction, settings.seed)
+    started = time.perf_counter()
+    history: dict[str, list[float]] = {}
+    if settings.epochs > 0:
+        fit = model.fit(
+            x_train[index],
+            y_train[index],
+            batch_size=settings.batch_size,
+            epochs=settings.epochs,
+            validation_data=(x_val, y_val),
+            callbacks=list(callbacks),
+            verbose=0,
+        )
+        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    train_s = time.perf_counter() - started
+    accuracy = history["val_accuracy"][-1] if history else evaluate_keras(model, x_val, y_val)
+    return TrainResult(float(accuracy), len(history.get("loss", [])), train_s, history)
+
+
+def evaluate_keras(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``."""
+    predictions = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=-1) == y))
