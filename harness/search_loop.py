@@ -107,7 +107,11 @@ class SearchRun:
         self.progress = progress
         self.results_dir = Path(config.results_dir)
         self.study_dir = self.results_dir / config.study
-        self.reference: keras.Model = load_reference(config.reference, example_dataset=config.dataset)
+        # The built-in example trains on the same split (seed, path) the search validates on.
+        self.reference: keras.Model = load_reference(
+            config.reference, example_dataset=config.dataset,
+            example_data_path=config.data_path, example_seed=config.seed,
+        )
         self.dataset: Dataset = load_dataset(
             config.dataset, path=config.data_path,
             validation_fraction=config.validation_fraction, seed=config.seed,
