@@ -1,0 +1,1 @@
+"""Real peers (OpenSSH sshd, a test adbd behind the real adb server) for device tests."""
