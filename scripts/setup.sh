@@ -15,7 +15,9 @@ fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# compat mode puts the checkout on sys.path; the default editable finder runs after it, so a
+# `results/` output folder in the working directory would shadow the `results` package.
+.venv/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 # qkeras-v3's metadata requires the full `tensorflow` wheel, tensorflow-model-optimization
 # (which only works with legacy Keras), ruff and an unrelated `pyparser`; next to
 # tensorflow-cpu it needs none of them, so it is installed without its declared dependencies

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from search.candidate import CandidateSpec, LayerChoice
-from search.channels import ELEMENTWISE_MERGES, is_channel_preserving, is_resizable
+from search.channels import ELEMENTWISE_MERGES, is_channel_concat, is_channel_preserving, is_resizable
 from search.graph import INPUT_NODE, ModelGraph
 from search.space import SearchSpace
 
@@ -52,7 +52,12 @@ class BuildError(RuntimeError):
 def build_candidate(
     reference: keras.Model, space: SearchSpace, spec: CandidateSpec, *, seed: int = 0
 ) -> keras.Model:
-    """A QAT model for ``spec``, initialised from ``reference``'s trained weights."""
+    """A QAT model for ``spec``, initialised from ``reference``'s trained weights.
+
+    Raises:
+        BuildError: ``spec`` resizes a layer the space keeps fixed, or sizes tied layers apart.
+    """
+    _check_sizes(space, spec)
     keras.utils.set_random_seed(seed)
     model = keras.models.clone_model(
         reference, clone_function=lambda layer: _quantized_clone(layer, spec)
@@ -99,6 +104,21 @@ def _quantized_clone(layer: keras.layers.Layer, spec: CandidateSpec) -> keras.la
         after_relu = config.get("activation") == "relu"
         config["activation"] = choice.activation.activation_quantizer(after_relu)
     return getattr(qkeras, q_name)(**config)
+
+
+def _check_sizes(space: SearchSpace, spec: CandidateSpec) -> None:
+    for slot in space.slots:
+        if slot.name not in spec:
+            raise BuildError(f"layer {slot.name!r}: the candidate has no choice for it")
+        size = spec[slot.name].size
+        if slot.size_group is None and size != slot.reference_size:
+            raise BuildError(
+                f"layer {slot.name!r}: size {size} but its size is fixed at {slot.reference_size}"
+            )
+    for group in space.size_groups:
+        sizes = {spec[name].size for name in group.layers}
+        if len(sizes) != 1:
+            raise BuildError(f"tied layers {', '.join(group.layers)} must share one size, got {sorted(sizes)}")
 
 
 def _plain_clone(layer: keras.layers.Layer, reference: keras.Model, spec: CandidateSpec) -> keras.layers.Layer:
@@ -198,7 +218,7 @@ def _transfer(
         if ref.use_bias:
             _copy_along(ref.bias, new.bias, {0: in_map})
         return list(in_map)
-    if class_name == "BatchNormalization":
+    if class_name == "BatchNormalization" and is_channel_preserving(ref):
         for ref_var, new_var in zip(ref.weights, new.weights):
             _copy_along(ref_var, new_var, {0: in_map})
         return list(in_map)
@@ -206,7 +226,7 @@ def _transfer(
         spatial = int(np.prod(ref.input.shape[1:-1])) if len(ref.input.shape) > 2 else 1
         width = int(ref.input.shape[-1])
         return [None if m is None else p * width + m for p in range(spatial) for m in in_map]
-    if class_name == "Concatenate":
+    if is_channel_concat(ref):
         out: ChannelMap = []
         offset = 0
         for parent_map, tensor in zip(incoming, ref.input):

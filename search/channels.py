@@ -28,7 +28,7 @@ __all__ = [
 QUANTIZABLE = ("Conv1D", "Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
 RESIZABLE = ("Conv1D", "Conv2D", "SeparableConv2D", "Dense")
 CHANNEL_PRESERVING = (
-    "InputLayer", "BatchNormalization", "Activation", "ReLU", "LeakyReLU", "ELU", "Softmax",
+    "InputLayer", "BatchNormalization", "Activation", "ReLU", "LeakyReLU", "ELU",
     "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
     "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
     "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
@@ -51,11 +51,31 @@ def size_attribute(layer: keras.layers.Layer) -> str | None:
     return None
 
 
+# Activations that mix channels (a new channel would enter every output's denominator).
+_CHANNEL_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+
+
 def is_channel_preserving(layer: keras.layers.Layer) -> bool:
+    """Whether channel j of the output depends on channel j of the input alone."""
     name = type(layer).__name__
     if name == "DepthwiseConv2D":
         return int(layer.depth_multiplier) == 1
+    if name == "Activation":
+        activation = getattr(layer.activation, "__name__", str(layer.activation))
+        return activation not in _CHANNEL_MIXING_ACTIVATIONS
+    if name == "BatchNormalization":
+        return _on_last_axis(layer, layer.axis)
     return name in CHANNEL_PRESERVING
+
+
+def is_channel_concat(layer: keras.layers.Layer) -> bool:
+    return type(layer).__name__ == "Concatenate" and _on_last_axis(layer, layer.axis)
+
+
+def _on_last_axis(layer: keras.layers.Layer, axis: object) -> bool:
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    rank = len(layer.output.shape)
+    return len(axes) == 1 and int(axes[0]) in (-1, rank - 1)
 
 
 def is_resizable(layer: keras.layers.Layer) -> bool:
@@ -112,36 +132,36 @@ class _UnionFind:
 def find_size_groups(model: keras.Model, graph: ModelGraph) -> SizeGroups:
     """Group the model's resizable layers by tied channel count (see module docstring)."""
     sets = _UnionFind()
-    # Each tensor's channels as a tuple of source segments (several after a Concatenate).
-    segments: dict[str, tuple[str, ...]] = {}
+    # Each tensor's channels as a tuple of (source, width) segments (several after a Concatenate).
+    segments: dict[str, tuple[tuple[str, int], ...]] = {}
     for node in graph:
         if node.class_name == "InputLayer":
-            segments[node.name] = (f"input:{node.name}",)
+            segments[node.name] = ((f"input:{node.name}", 0),)
             sets.fix(f"input:{node.name}", "it is fed by the model input")
             continue
         layer = model.get_layer(node.name)
         incoming = [segments[name] for name in node.inputs]
         if is_resizable(layer):
-            segments[node.name] = (node.name,)
+            segments[node.name] = ((node.name, int(layer.output.shape[-1])),)
             sets.find(node.name)
         elif is_channel_preserving(layer) and len(incoming) == 1:
             segments[node.name] = incoming[0]
         elif node.class_name in ELEMENTWISE_MERGES and _same_layout(incoming):
             for parts in zip(*incoming):
-                for part in parts[1:]:
-                    sets.union(parts[0], part)
+                for source, _ in parts[1:]:
+                    sets.union(parts[0][0], source)
             segments[node.name] = incoming[0]
-        elif node.class_name == "Concatenate" and int(layer.axis) in (-1, len(layer.output.shape) - 1):
+        elif is_channel_concat(layer):
             segments[node.name] = tuple(part for parts in incoming for part in parts)
         else:
             for parts in incoming:
-                for part in parts:
-                    sets.fix(part, f"it feeds {node.class_name} layer {node.name!r}")
-            segments[node.name] = (f"fixed:{node.name}",)
+                for source, _ in parts:
+                    sets.fix(source, f"it feeds {node.class_name} layer {node.name!r}")
+            segments[node.name] = ((f"fixed:{node.name}", 0),)
             sets.fix(f"fixed:{node.name}", f"{node.class_name} is not resizable")
     for output in graph.outputs:
-        for part in segments[output]:
-            sets.fix(part, "it sets the model's output size")
+        for source, _ in segments[output]:
+            sets.fix(source, "it sets the model's output size")
 
     groups: dict[str, list[str]] = {}
     fixed: dict[str, str] = {}
@@ -157,5 +177,6 @@ def find_size_groups(model: keras.Model, graph: ModelGraph) -> SizeGroups:
     return SizeGroups(named, fixed)
 
 
-def _same_layout(incoming: list[tuple[str, ...]]) -> bool:
-    return len({len(parts) for parts in incoming}) == 1
+def _same_layout(incoming: list[tuple[tuple[str, int], ...]]) -> bool:
+    """Whether every merge input is cut into segments of the same widths at the same places."""
+    return len({tuple(width for _, width in parts) for parts in incoming}) == 1

@@ -83,8 +83,14 @@ def read_graph(model: keras.Model) -> ModelGraph:
     if "layers" not in config or "output_layers" not in config:
         raise GraphError(f"model {model.name!r} is a subclassed model; save it as functional")
     nodes = []
+    layer_names = {layer.name for layer in model.layers}
     for entry in config["layers"]:
         name = entry["config"]["name"] if "name" in entry["config"] else entry["name"]
+        if name not in layer_names:
+            raise GraphError(
+                f"operation {name!r} ({entry['class_name']}) is a Keras op, not a layer; "
+                "use the layer form (e.g. keras.layers.Add) so the search can rewrite it"
+            )
         inbound = entry.get("inbound_nodes", [])
         if len(inbound) > 1:
             raise GraphError(f"layer {name!r} is called {len(inbound)} times (shared layer)")

@@ -68,6 +68,13 @@ class Scheme:
     integer_bits: int | None = None
 
     def __post_init__(self) -> None:
+        fixed_widths = {"binary": 1, "binary01": 1, "ternary": 2}
+        if self.kind not in (*fixed_widths, "po2", "fixed", "float"):
+            raise UnknownQuantizerError(f"unknown scheme kind {self.kind!r}")
+        if self.kind in fixed_widths and self.bits != fixed_widths[self.kind]:
+            raise UnknownQuantizerError(f"{self.kind} has {fixed_widths[self.kind]} bit(s), not {self.bits}")
+        if self.integer_bits is not None and self.kind != "fixed":
+            raise UnknownQuantizerError(f"{self.kind}: integer bits apply to fixed(M,I) only")
         if self.kind == "fixed" and not 2 <= self.bits <= 32:
             raise UnknownQuantizerError(f"fixed({self.bits}): M must be between 2 and 32 bits")
         if self.kind == "po2" and not 2 <= self.bits <= 8:
@@ -133,8 +140,15 @@ class Scheme:
         if self.kind == "po2":
             return quantized_po2(self.bits)
         if self.kind == "fixed":
-            return quantized_bits(self.bits, self.integer_bits or 0, alpha=1)
+            return quantized_bits(self.bits, self.bias_integer_bits, alpha=1)
         return None
+
+    @property
+    def bias_integer_bits(self) -> int:
+        """Biases carry no scale, so some integer bits keep them from clipping at +-1."""
+        if self.integer_bits is not None:
+            return self.integer_bits
+        return min(3, self.bits // 2)
 
     def activation_quantizer(self, after_relu: bool) -> object | None:
         """A QKeras quantizer for a layer output; ``after_relu`` folds the ReLU into it."""
@@ -153,7 +167,8 @@ class Scheme:
         if self.kind == "binary01":
             return binary(use_01=True, alpha=1)
         if self.kind == "ternary":
-            return ternary(alpha=1)
+            # After a ReLU only ternary's {0, +1} half can occur: keep the ReLU's meaning.
+            return binary(use_01=True, alpha=1) if after_relu else ternary(alpha=1)
         if self.kind == "po2":
             return quantized_relu_po2(self.bits) if after_relu else quantized_po2(self.bits)
         if self.kind == "fixed":

@@ -68,6 +68,14 @@ class LayerRule:
     resize: bool = True
     skip: bool = False
 
+    def __post_init__(self) -> None:
+        for value in self.multipliers or ():
+            if not value > 0:
+                raise SpaceError(f"layer rule {self.match!r}: size multiplier {value!r} must be > 0")
+        for role in ("kernel", "bias", "activation", "multipliers"):
+            if getattr(self, role) is not None and len(getattr(self, role)) == 0:
+                raise SpaceError(f"layer rule {self.match!r}: {role} list is empty")
+
     def matches(self, layer_name: str) -> bool:
         try:
             return re.fullmatch(self.match, layer_name) is not None
@@ -185,6 +193,8 @@ class SearchSpace:
     def params_for(self, spec: CandidateSpec) -> dict[str, object] | None:
         """Optuna parameters that reproduce ``spec``, or ``None`` if it is outside the space."""
         params: dict[str, object] = {}
+        if any(slot.name not in spec for slot in self.slots):
+            return None
         for name, values in self.distributions().items():
             role, _, target = name.partition(":")
             if role == "size":
@@ -302,10 +312,10 @@ def build_space(model: keras.Model, options: SpaceOptions | None = None) -> Sear
         skip = False
         for rule in options.rules:
             if rule.matches(node.name):
-                kernel = rule.kernel or kernel
-                bias = rule.bias or bias
-                activation = rule.activation or activation
-                multipliers = rule.multipliers or multipliers
+                kernel = rule.kernel if rule.kernel is not None else kernel
+                bias = rule.bias if rule.bias is not None else bias
+                activation = rule.activation if rule.activation is not None else activation
+                multipliers = rule.multipliers if rule.multipliers is not None else multipliers
                 if not rule.resize:
                     multipliers = None
                 skip = skip or rule.skip
