@@ -153,6 +153,10 @@ def example_train(dataset: str, epochs: int | None) -> None:
 
 
 def main() -> None:
+    if os.environ.get("HARNESS_NATIVE_LOGS") != "1":  # set it to see TensorFlow's native logs
+        from harness.native_noise import filter_native_stderr
+
+        filter_native_stderr()
     cli(prog_name="harness")
 
 
