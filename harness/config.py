@@ -101,7 +101,6 @@ class SearchConfig:
     lowering_tolerance: float = 0.02
     accuracy_from: Literal["tflite", "keras"] = "tflite"
     results_dir: str = "results"
-    keep_artifacts: Literal["pareto", "all"] = "all"
 
     def with_overrides(self, **overrides: object) -> SearchConfig:
         """A copy with the CLI's flags applied (``None`` values leave a setting alone)."""
@@ -215,15 +214,12 @@ def config_from_mapping(data: Mapping[str, object], where: str = "config") -> Se
     values["input_bits"] = search.get("input_bits", int, defaults.input_bits)
     values["accuracy_from"] = search.get("accuracy_from", str, defaults.accuracy_from)
     values["results_dir"] = search.get("results_dir", str, defaults.results_dir)
-    values["keep_artifacts"] = search.get("keep_artifacts", str, defaults.keep_artifacts)
     values["space"] = _space_options(search)
     search.finish()
     if values["trials"] < 1 or values["in_flight"] < 1:  # type: ignore[operator]
         raise InputError("[search] trials and in_flight must be >= 1")
     if values["accuracy_from"] not in ("tflite", "keras"):
         raise InputError(f"[search] accuracy_from: expected 'tflite' or 'keras', got {values['accuracy_from']!r}")
-    if values["keep_artifacts"] not in ("pareto", "all"):
-        raise InputError(f"[search] keep_artifacts: expected 'pareto' or 'all', got {values['keep_artifacts']!r}")
 
     score = _Section(root.get("score", dict, {}), "[score]")
     try:

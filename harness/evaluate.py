@@ -22,7 +22,7 @@ from harness.host_gate import GateCallback, HostCpuGate
 from search.builder import build_candidate, build_deploy_model
 from search.candidate import CandidateSpec
 from search.estimates import Estimate, estimate
-from search.lowering import evaluate_tflite, lower, precision_for
+from search.lowering import evaluate_tflite, lower, precision_for, write_tflite
 from search.quantizers import Scheme
 from search.space import SearchSpace
 from search.training import TrainResult, evaluate_keras, train_candidate
@@ -138,7 +138,8 @@ class CandidateEvaluator:
             lowered = lower(deploy, precision, self.calibration_x)
         outcome.lowering_mode = lowered.mode
         outcome.float_layers = tuple(lowered.float_layers)
-        outcome.tflite_path = _atomic_write(trial_dir / "model.tflite", lowered.tflite_bytes)
+        outcome.tflite_path = trial_dir / "model.tflite"
+        write_tflite(lowered, outcome.tflite_path)
         outcome.tflite_bytes = len(lowered.tflite_bytes)
         keras_path = trial_dir / "model.keras"
         partial = trial_dir / "model.partial.keras"
@@ -158,9 +159,3 @@ class CandidateEvaluator:
             )
         return outcome
 
-
-def _atomic_write(path: Path, payload: bytes) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(payload)
-    os.replace(partial, path)
-    return path
