@@ -10,7 +10,7 @@ if [[ "${1:-}" == "--system" ]]; then
   [[ "$(id -u)" -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
-    openssh-server adb dataset-fashion-mnist >/dev/null
+    python3-venv openssh-server adb dataset-fashion-mnist >/dev/null
 fi
 
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
