@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""A stand-in for the TFLite ``benchmark_model`` binary (the real one is built for the phone).
+
+Accepts the real tool's ``--flag=value`` flags (exits 1 on an unknown one, so a wrong argv
+shows), loads ``--graph`` with ``ai_edge_litert`` when it is installed and times real
+inferences (else, or with ``FAKE_BENCHMARK_SLEEP_US`` set, each run sleeps that many µs),
+with the tool's loop rules: warm-up while ``run < warmup_runs or t < warmup_min_secs``, timed
+loop while ``run < num_runs or t < min_secs``, both stopped past ``max_secs``. Output follows
+``shared/reference/devices.md``: the new format, or the old one with ``FAKE_BENCHMARK_FORMAT=old``.
+
+Fault knobs (environment):
+    FAKE_BENCHMARK_EXIT=<code>        crash with that exit code after the warm-up block
+    FAKE_BENCHMARK_HANG_S=<seconds>   sleep that long before the timed loop (a hang)
+    FAKE_BENCHMARK_DELEGATE_NODES=<n> with a delegate flag, replace n of the graph's nodes
+                                      (default all; 0 = the delegate took nothing)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import time
+
+_FLAGS = {
+    "graph": str, "num_threads": int, "warmup_runs": int, "warmup_min_secs": float,
+    "num_runs": int, "min_secs": float, "max_secs": float, "run_delay": float,
+    "enable_op_profiling": bool, "report_peak_memory_footprint": bool, "use_xnnpack": bool,
+    "use_gpu": bool, "use_nnapi": bool, "external_delegate_path": str,
+}
+_DEFAULTS: dict[str, object] = {
+    "num_threads": -1, "warmup_runs": 1, "warmup_min_secs": 0.5, "num_runs": 50, "min_secs": 1.0,
+    "max_secs": 150.0, "run_delay": -1.0, "enable_op_profiling": False,
+    "report_peak_memory_footprint": False, "use_xnnpack": False, "use_gpu": False,
+    "use_nnapi": False, "external_delegate_path": "",
+}
+
+
+def parse_flags(argv: list[str]) -> dict[str, object]:
+    flags = dict(_DEFAULTS)
+    for arg in argv:
+        name, sep, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or name not in _FLAGS or (not sep and _FLAGS[name] is not bool):
+            print(f"ERROR: Unconsumed cmdline flags: {arg}", flush=True)
+            sys.exit(1)
+        kind = _FLAGS[name]
+        try:
+            if kind is bool:
+                if value not in ("", "true", "false", "1", "0"):
+                    raise ValueError(value)
+                flags[name] = value in ("", "true", "1")
+            else:
+                flags[name] = kind(value)
+        except ValueError:
+            print(f"ERROR: Couldn't parse value '{value}' for --{name}", flush=True)
+            sys.exit(1)
+    if "graph" not in flags:
+        print("ERROR: Please specify the name of your TF Lite input file with --graph", flush=True)
+        sys.exit(1)
+    return flags
+
+
+class _Model:
+    """One inference per :meth:`run`: real LiteRT when installed, else a fixed sleep."""
+
+    def __init__(self, graph: str, threads: int, sleep_us: float | None) -> None:
+        self.sleep_s = None if sleep_us is None else sleep_us / 1e6
+        self.nodes = 3
+        self.interpreter = None
+        if self.sleep_s is None:
+            try:
+                from ai_edge_litert.interpreter import Interpreter
+            except ImportError:
+                self.sleep_s = 0.002
+                return
+            import numpy as np
+
+            self.interpreter = Interpreter(model_path=graph, num_threads=max(threads, 1))
+            self.interpreter.allocate_tensors()
+            for detail in self.interpreter.get_input_details():
+                data = np.zeros(detail["shape"], dtype=detail["dtype"])
+                self.interpreter.set_tensor(detail["index"], data)
+            self.nodes = len(self.interpreter._get_ops_details())
+
+    def run(self) -> None:
+        if self.interpreter is not None:
+            self.interpreter.invoke()
+        else:
+            time.sleep(self.sleep_s)  # type: ignore[arg-type]
+
+
+def loop(model: _Model, min_runs: int, min_secs: float, max_secs: float) -> list[int]:
+    durations: list[int] = []
+    start = time.perf_counter()
+    while len(durations) < min_runs or time.perf_counter() - start < min_secs:
+        if time.perf_counter() - start > max_secs:
+            break
+        before = time.perf_counter_ns()
+        model.run()
+        durations.append((time.perf_counter_ns() - before) // 1000)
+    return durations
+
+
+def stats_line(us: list[int], new: bool) -> str:
+    if len(us) == 1:
+        return f"count=1 curr={us[0]}"
+    avg = sum(us) / len(us)
+    std = int(math.sqrt(sum((u - avg) ** 2 for u in us) / len(us)))
+    line = (f"count={len(us)} first={us[0]} curr={us[-1]} min={min(us)} max={max(us)} "
+            f"avg={avg:g} std={std}")
+    if new:
+        ranked = sorted(us)
+        pick = lambda q: ranked[min(len(ranked) - 1, int(q / 100 * len(ranked)))]  # noqa: E731
+        line += f" p5={pick(5)} median={pick(50)} p95={pick(95)}"
+    return line
+
+
+def main(argv: list[str]) -> int:
+    flags = parse_flags(argv)
+    new = os.environ.get("FAKE_BENCHMARK_FORMAT", "new") != "old"
+    out = (lambda text: print(("INFO: " if new else "") + text, flush=True))
+    graph = str(flags["graph"])
+    if not os.path.isfile(graph):
+        out(f"Could not open '{graph}'.")  # the real tool logs this as an error and exits 1
+        return 1
+    sleep_us = os.environ.get("FAKE_BENCHMARK_SLEEP_US")
+    out(f"The input model file size (MB): {os.path.getsize(graph) / 1048576:g}")
+    init_start = time.perf_counter()
+    model = _Model(graph, int(flags["num_threads"]), float(sleep_us) if sleep_us else None)
+    init_ms = (time.perf_counter() - init_start) * 1e3
+    mem_init = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    delegated = flags["use_gpu"] or flags["use_nnapi"] or flags["use_xnnpack"] \
+        or flags["external_delegate_path"]
+    if delegated:
+        name = ("TfLiteGpuDelegateV2" if flags["use_gpu"] else
+                "TfLiteNnapiDelegate" if flags["use_nnapi"] else
+                "TfLiteXNNPackDelegate" if flags["use_xnnpack"] else "external")
+        replaced = int(os.environ.get("FAKE_BENCHMARK_DELEGATE_NODES", model.nodes))
+        out(f"Replacing {replaced} out of {model.nodes} node(s) with delegate ({name}) node, "
+            f"yielding {1 if replaced else 0} partitions for the whole graph.")
+    out(f"Initialized session in {init_ms:.3f}ms.")
+
+    warmup_runs, warmup_secs = int(flags["warmup_runs"]), float(flags["warmup_min_secs"])
+    max_secs = float(flags["max_secs"])
+    out(f"Running benchmark for at least {warmup_runs} iterations and at least {warmup_secs:g} "
+        f"seconds but terminate if exceeding {max_secs:g} seconds.")
+    warm = loop(model, warmup_runs, warmup_secs, max_secs) if warmup_runs or warmup_secs else []
+    if warm:
+        out(stats_line(warm, new))
+    print(flush=True)
+    if os.environ.get("FAKE_BENCHMARK_EXIT"):
+        print("Fatal signal: simulated crash", file=sys.stderr, flush=True)
+        return int(os.environ["FAKE_BENCHMARK_EXIT"])
+    if os.environ.get("FAKE_BENCHMARK_HANG_S"):
+        time.sleep(float(os.environ["FAKE_BENCHMARK_HANG_S"]))
+
+    num_runs, min_secs = int(flags["num_runs"]), float(flags["min_secs"])
+    out(f"Running benchmark for at least {num_runs} iterations and at least {min_secs:g} seconds "
+        f"but terminate if exceeding {max_secs:g} seconds.")
+    timed = loop(model, num_runs, min_secs, max_secs)
+    out(stats_line(timed, new) if len(timed) > 1 else f"count=1 first={timed[0]} curr={timed[0]} "
+        f"min={timed[0]} max={timed[0]} avg={timed[0]} std=0")
+    warm_avg = sum(warm) / len(warm) if warm else 0
+    out(f"Inference timings in us: Init: {int(init_ms * 1000)}, First inference: "
+        f"{warm[0] if warm else timed[0]}, Warmup (avg): {warm_avg:g}, Inference (avg): "
+        f"{sum(timed) / len(timed):g}")
+    mem_overall = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if new:
+        out(f"Memory footprint delta from the start of the tool (MB): init={mem_init:g} "
+            f"overall={mem_overall:g}")
+    if flags["report_peak_memory_footprint"] or not new:
+        out(f"Peak memory footprint (MB): init={mem_init:g} overall={mem_overall:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
