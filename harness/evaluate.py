@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +81,21 @@ class CandidateEvaluator:
 
     def build(self, spec: CandidateSpec) -> tuple[keras.Model, Estimate, float]:
         """The QAT model for ``spec`` and its cost estimate (no training yet)."""
-        started = time.perf_counter()
-        model = build_candidate(self.reference, self.space, spec, seed=self.config.seed)
-        cost = estimate(model, spec, input_scheme=self.input_scheme)
-        return model, cost, time.perf_counter() - started
+        with self._stage() as elapsed, self.gate.work():
+            model = build_candidate(self.reference, self.space, spec, seed=self.config.seed)
+            cost = estimate(model, spec, input_scheme=self.input_scheme)
+        return model, cost, elapsed()
+
+    @contextmanager
+    def _stage(self) -> Iterator[Callable[[], float]]:
+        """Times a stage, less the time it waited for a local measurement to free the CPU
+        (that wait is the measurement's time, not this stage's)."""
+        started, waited = time.perf_counter(), self.gate.work_wait_s
+        result: list[float] = []
+        try:
+            yield lambda: result[0]
+        finally:
+            result.append(time.perf_counter() - started - (self.gate.work_wait_s - waited))
 
     def rejection(self, cost: Estimate) -> str | None:
         """Why the candidate breaks a constraint that is known before training, if it does."""
@@ -115,7 +127,40 @@ class CandidateEvaluator:
         trial_dir.mkdir(parents=True, exist_ok=True)
         data = self.dataset
         gate_callback = GateCallback(self.gate)
-        started = time.perf_counter()
+        with self._stage() as train_s:
+            self._train(model, outcome, gate_callback, callbacks, train)
+        outcome.timings_s["train"] = train_s()
+
+        with self._stage() as convert_s:
+            with self.gate.work():
+                deploy = build_deploy_model(model, self.reference, spec)
+                precision = {name: precision_for(c.kernel, c.activation) for name, c in spec}
+                lowered = lower(deploy, precision, self.calibration_x)
+            outcome.lowering_mode = lowered.mode
+            outcome.float_layers = tuple(lowered.float_layers)
+            outcome.tflite_path = trial_dir / "model.tflite"
+            write_tflite(lowered, outcome.tflite_path)
+            outcome.tflite_bytes = len(lowered.tflite_bytes)
+            keras_path = trial_dir / "model.keras"
+            partial = trial_dir / "model.partial.keras"
+            with self.gate.work():
+                model.save(partial)
+            os.replace(partial, keras_path)
+            outcome.keras_path = keras_path
+        outcome.timings_s["convert"] = convert_s()
+
+        with self._stage() as verify_s, self.gate.work():
+            outcome.tflite_accuracy = evaluate_tflite(lowered.tflite_bytes, data.x_val, data.y_val)
+        outcome.timings_s["verify"] = verify_s()
+        loss = (outcome.keras_accuracy or 0.0) - outcome.tflite_accuracy
+        if loss > self.config.lowering_tolerance:
+            outcome.flags.append(
+                f"lowering_accuracy_loss:{loss:.4f}>{self.config.lowering_tolerance:g}"
+            )
+        return outcome
+
+    def _train(self, model, outcome: HostOutcome, gate_callback: GateCallback, callbacks, train: bool) -> None:
+        data = self.dataset
         try:
             if train:
                 result: TrainResult = train_candidate(
@@ -129,33 +174,4 @@ class CandidateEvaluator:
                     outcome.keras_accuracy = evaluate_keras(model, data.x_val, data.y_val)
         finally:
             gate_callback.close()
-        outcome.timings_s["train"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        with self.gate.work():
-            deploy = build_deploy_model(model, self.reference, spec)
-            precision = {name: precision_for(c.kernel, c.activation) for name, c in spec}
-            lowered = lower(deploy, precision, self.calibration_x)
-        outcome.lowering_mode = lowered.mode
-        outcome.float_layers = tuple(lowered.float_layers)
-        outcome.tflite_path = trial_dir / "model.tflite"
-        write_tflite(lowered, outcome.tflite_path)
-        outcome.tflite_bytes = len(lowered.tflite_bytes)
-        keras_path = trial_dir / "model.keras"
-        partial = trial_dir / "model.partial.keras"
-        model.save(partial)
-        os.replace(partial, keras_path)
-        outcome.keras_path = keras_path
-        outcome.timings_s["convert"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        with self.gate.work():
-            outcome.tflite_accuracy = evaluate_tflite(lowered.tflite_bytes, data.x_val, data.y_val)
-        outcome.timings_s["verify"] = time.perf_counter() - started
-        loss = (outcome.keras_accuracy or 0.0) - outcome.tflite_accuracy
-        if loss > self.config.lowering_tolerance:
-            outcome.flags.append(
-                f"lowering_accuracy_loss:{loss:.4f}>{self.config.lowering_tolerance:g}"
-            )
-        return outcome
 

@@ -9,6 +9,7 @@ most one batch and never for a whole training run.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +26,7 @@ class HostCpuGate:
         self._waiting_measurements = 0
         self._measuring = False
         self._working = 0
+        self._work_wait_s = 0.0
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -43,9 +45,17 @@ class HostCpuGate:
 
     def begin_work(self) -> None:
         """Start a short segment of host work (one training batch, one conversion)."""
+        started = time.perf_counter()
         with self._condition:
             self._condition.wait_for(lambda: not self._measuring and self._waiting_measurements == 0)
             self._working += 1
+            self._work_wait_s += time.perf_counter() - started
+
+    @property
+    def work_wait_s(self) -> float:
+        """Seconds host work has spent waiting for measurements, in total. Units: s."""
+        with self._condition:
+            return self._work_wait_s
 
     def end_work(self) -> None:
         with self._condition:

@@ -65,12 +65,17 @@ def open_study(config: SearchConfig, results_dir: Path) -> optuna.Study:
     results_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(study_storage_url(results_dir))
     multi = config.mode == "pareto" and len(config.directions) > 1
-    sampler = make_sampler(config.sampler, seed=config.seed, multi_objective=multi)
     pruner = make_pruner(config.pruner if config.mode == "score" else None)
     study = optuna.create_study(
-        study_name=config.study, storage=storage, sampler=sampler, pruner=pruner,
+        study_name=config.study, storage=storage, pruner=pruner,
+        sampler=make_sampler(config.sampler, seed=config.seed, multi_objective=multi),
         directions=config.directions, load_if_exists=True,
     )
+    # A resumed study must not replay the random draws of its first run (the same candidates
+    # again); offset the seed by the trials it already has, which keeps fresh runs reproducible.
+    existing = len(study.get_trials(deepcopy=False))
+    if existing and config.seed is not None:
+        study.sampler = make_sampler(config.sampler, seed=config.seed + existing, multi_objective=multi)
     objectives = ["score"] if config.mode == "score" else list(config.objectives)
     saved = study.user_attrs.get("objectives")
     if saved is not None and saved != objectives:
