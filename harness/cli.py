@@ -107,6 +107,9 @@ def measure(model_path: Path, device_name: str, threads, warmup_runs, min_second
 
     if not model_path.is_file():
         raise InputError(f"model {model_path}: no such file")
+    with open(model_path, "rb") as handle:
+        if handle.read(8)[4:8] != b"TFL3":  # the flatbuffer file identifier of every .tflite
+            raise InputError(f"model {model_path}: not a .tflite file (no TFL3 identifier)")
     (device,) = resolve_devices((device_name,))
     settings = MeasureSettings(threads=threads, warmup_runs=warmup_runs, min_seconds=min_seconds, min_runs=min_runs)
     with device:

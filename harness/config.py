@@ -30,7 +30,8 @@ from typing import Literal
 
 from harness.errors import InputError
 from search.quantizers import UnknownQuantizerError, parse_scheme
-from search.samplers import SAMPLERS
+from devices.base import MeasureSettings
+from search.samplers import SAMPLERS, check_sampler_available
 from search.scoring import ForgivingFactor
 from search.space import (
     DEFAULT_ACTIVATION,
@@ -105,8 +106,13 @@ class SearchConfig:
     def with_overrides(self, **overrides: object) -> SearchConfig:
         """A copy with the CLI's flags applied (``None`` values leave a setting alone)."""
         values = {k: v for k, v in overrides.items() if v is not None}
-        if "sampler" in values and values["sampler"] not in SAMPLERS:
-            raise InputError(f"--sampler: unknown sampler {values['sampler']!r}; expected one of {', '.join(SAMPLERS)}")
+        if "sampler" in values:
+            try:
+                check_sampler_available(str(values["sampler"]))
+            except ValueError as e:
+                raise InputError(f"--sampler: {e}") from e
+        if "seed" in values:
+            values["training"] = replace(self.training, seed=values["seed"])
         if "devices" in values:
             values["measure"] = replace(self.measure, devices=tuple(values.pop("devices")))  # type: ignore[arg-type]
         return replace(self, **values)  # type: ignore[arg-type]
@@ -197,8 +203,10 @@ def config_from_mapping(data: Mapping[str, object], where: str = "config") -> Se
     values["study"] = search.get("study", str, defaults.study)
     values["trials"] = search.get("trials", int, defaults.trials)
     values["sampler"] = search.get("sampler", str, defaults.sampler)
-    if values["sampler"] not in SAMPLERS:
-        raise InputError(f"[search] sampler: unknown sampler {values['sampler']!r}; expected one of {', '.join(SAMPLERS)}")
+    try:
+        check_sampler_available(str(values["sampler"]))
+    except ValueError as e:
+        raise InputError(f"[search] sampler: {e}") from e
     values["seed"] = search.get("seed", int, defaults.seed)
     values["mode"] = search.get("mode", str, defaults.mode)
     if values["mode"] not in ("pareto", "score"):
@@ -212,6 +220,8 @@ def config_from_mapping(data: Mapping[str, object], where: str = "config") -> Se
     values["objectives"] = objectives
     values["in_flight"] = search.get("in_flight", int, defaults.in_flight)
     values["input_bits"] = search.get("input_bits", int, defaults.input_bits)
+    if not 2 <= values["input_bits"] <= 32:  # type: ignore[operator]
+        raise InputError(f"[search] input_bits: expected 2 to 32, got {values['input_bits']}")
     values["accuracy_from"] = search.get("accuracy_from", str, defaults.accuracy_from)
     values["results_dir"] = search.get("results_dir", str, defaults.results_dir)
     values["space"] = _space_options(search)
@@ -273,6 +283,11 @@ def config_from_mapping(data: Mapping[str, object], where: str = "config") -> Se
     )
     if values["measure"].latency_aggregate not in ("max", "mean"):  # type: ignore[attr-defined]
         raise InputError("[measure] latency_aggregate: expected 'max' or 'mean'")
+    chosen = values["measure"]
+    try:
+        MeasureSettings(chosen.threads, chosen.warmup_runs, chosen.min_seconds, chosen.min_runs)  # type: ignore[attr-defined]
+    except ValueError as e:
+        raise InputError(f"[measure] {e}") from e
     measure.finish()
     root.finish()
     return SearchConfig(**values)  # type: ignore[arg-type]

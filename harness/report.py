@@ -76,7 +76,7 @@ def build_report(results_dir: str | Path, study_name: str) -> StudyReport:
         front = pareto_front(feasible, objectives)
     front = _with_reduction(front, frame)
     plot_path = None
-    if {"energy_mj", "accuracy"} <= set(frame.columns) and (frame["state"] == "complete").any():
+    if {"energy_mj", "accuracy"} <= set(frame.columns) and (feasible["state"] == "complete").any():
         plot_path = plot_pareto(
             feasible, "energy_mj", "accuracy", study_dir / "pareto.png",
             title=f"{study_name}: accuracy vs energy per inference",

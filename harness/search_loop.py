@@ -11,11 +11,14 @@ Optuna what the store already holds and redoes only unfinished candidates.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,25 +151,20 @@ class SearchRun:
             self._baseline_cost = self._score_baseline() if self.config.mode == "score" else None
             executors = {d.name: ThreadPoolExecutor(1, thread_name_prefix=f"measure-{d.name}") for d in self.devices}
             pending: list[_Pending] = []
-            failures = 0
+            self._consecutive_failures = 0
             bar = tqdm(total=self.config.trials, initial=self._finished(study), disable=not self.progress,
                        desc=f"search {self.config.study}", unit="trial")
             try:
                 while True:
-                    done = self._collect(study, store, pending, block=False, bar=bar)
-                    failures = 0 if done > 0 else failures
+                    self._collect(study, store, pending, block=False, bar=bar)
+                    self._check_failures()
                     finished = self._finished(study)
                     if finished >= self.config.trials:
                         break
                     if finished + len(pending) >= self.config.trials or len(pending) >= self.config.in_flight:
                         self._collect(study, store, pending, block=True, bar=bar)
                         continue
-                    ok = self._start_trial(study, store, executors, pending, bar)
-                    failures = 0 if ok else failures + 1
-                    if failures >= MAX_CONSECUTIVE_FAILURES:
-                        raise HarnessError(
-                            f"{failures} trials failed in a row; last error: {self._last_error}"
-                        )
+                    self._start_trial(study, store, executors, pending, bar)
             finally:
                 while pending:  # measurements under way are finished and kept, even on Ctrl-C
                     self._collect(study, store, pending, block=True, bar=bar)
@@ -181,6 +179,14 @@ class SearchRun:
         return SearchSummary(self.config.study, self._finished(study), counts, self.study_dir)
 
     _last_error: str | None = None
+    _consecutive_failures = 0
+
+    def _check_failures(self) -> None:
+        """Stop a search whose trials keep failing (a broken device, a broken candidate path)."""
+        if self._consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            raise HarnessError(
+                f"{self._consecutive_failures} trials failed in a row; last error: {self._last_error}"
+            )
 
     @staticmethod
     def _finished(study: optuna.Study) -> int:
@@ -188,22 +194,43 @@ class SearchRun:
         return len(study.get_trials(deepcopy=False, states=states))
 
     def _seed(self, study: optuna.Study) -> None:
-        if study.get_trials(deepcopy=False):
-            return
+        """Enqueue the reference and uniform-int8 candidates unless the study has them
+        (a search killed between the two enqueues gets the missing one on its next start)."""
+        present = {t.user_attrs.get("label") for t in study.get_trials(deepcopy=False)}
         for spec in (self.space.reference_spec(), self.space.int8_spec()):
+            if spec.label in present:
+                continue
             params = self.space.params_for(spec)
             if params is None:
                 log.warning("the %s candidate is outside the search space; not seeded", spec.label)
                 continue
             study.enqueue_trial(params, user_attrs={"label": spec.label})
 
+    @contextmanager
+    def _ask_lock(self) -> Iterator[None]:
+        """Held while a trial is asked and named: a RUNNING trial without an owner seen under
+        this lock was left by a process killed in between (flock is released by the kernel)."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.results_dir / f".{self.config.study}.ask.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _recover(self, study: optuna.Study, store: ResultsStore) -> None:
         """Settle trials left RUNNING by a search on this host that died."""
+        with self._ask_lock():
+            self._recover_locked(study, store)
+
+    def _recover_locked(self, study: optuna.Study, store: ResultsStore) -> None:
         host = socket.gethostname()
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             owner = str(trial.user_attrs.get("owner", ""))
             owner_host, _, pid = owner.rpartition(":")
-            if owner_host != host or (pid.isdigit() and _alive(int(pid))):
+            if not owner:
+                pass  # killed between ask() and naming its owner: live askers hold the ask lock
+            elif owner_host != host or (pid.isdigit() and _alive(int(pid))):
                 continue  # another live process (or another host) owns it
             record = store.get(self.config.study, trial.number)
             if record is not None and record.state == "complete":
@@ -223,8 +250,9 @@ class SearchRun:
 
     # -- one trial ------------------------------------------------------------------------
     def _start_trial(self, study, store, executors, pending, bar) -> bool:
-        trial = study.ask()
-        trial.set_user_attr("owner", self.owner)
+        with self._ask_lock():
+            trial = study.ask()
+            trial.set_user_attr("owner", self.owner)
         label = str(trial.user_attrs.get("label", ""))
         spec = self.space.suggest(trial)
         spec = CandidateSpec(spec.layers, label)
@@ -240,6 +268,7 @@ class SearchRun:
             store.put(record)
             study.tell(trial, objective_values(record.metrics, self.config))
             bar.update(1)
+            self._consecutive_failures = 0
             return True
         try:
             model, cost, build_s = self.evaluator.build(spec)
@@ -298,6 +327,7 @@ class SearchRun:
         message = " ".join(message.split())[:500]
         log.warning("trial %d failed: %s", trial.number, message)
         self._last_error = message
+        self._consecutive_failures += 1
         record.state, record.error = "failed", message
         store.put(record)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -344,27 +374,33 @@ class SearchRun:
         record.metrics.update(measurement_metrics(measurements, outcome.estimate, self.config.measure.latency_aggregate))
         if self.config.mode == "score":
             record.metrics["score"] = Metric(self._score(record), "score", "measured")
-        violations = self._violations(record)
-        record.flags.extend(f"constraint:{v}" for v in violations)
+        excess = self._limit_excess(record)
+        record.flags.extend(
+            f"constraint:{metric}={value:.4g}>{limit:.4g}"
+            for metric, (value, limit) in excess.items()
+            if value > limit
+        )
         record.state = "complete"
         values = objective_values(record.metrics, self.config)
         store.put(record)  # persisted before Optuna hears of it: a crash here loses nothing
-        if violations:
-            item.trial.set_constraint([1.0])
+        for metric, (value, limit) in excess.items():
+            item.trial.set_constraint(metric, value - limit)  # feasible when <= 0
         study.tell(item.trial, values)
+        self._consecutive_failures = 0
 
-    def _violations(self, record: TrialRecord) -> list[str]:
+    def _limit_excess(self, record: TrialRecord) -> dict[str, tuple[float, float]]:
+        """(value, limit) of each limit that can only be judged after measuring."""
         limits = self.config.constraints
         checks = (
             ("latency_ms", limits.max_latency_ms),
             ("energy_mj", limits.max_energy_mj),
             ("size_bytes", limits.max_size_bytes),
         )
-        out = []
+        out = {}
         for metric, limit in checks:
             value = record.metric_value(metric)
-            if limit is not None and value is not None and value > limit:
-                out.append(f"{metric}={value:.4g}>{limit:.4g}")
+            if limit is not None and value is not None:
+                out[metric] = (float(value), float(limit))
         return out
 
     # -- score mode ----------------------------------------------------------------------

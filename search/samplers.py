@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import optuna
 
-__all__ = ["SAMPLERS", "make_sampler", "make_pruner"]
+__all__ = ["SAMPLERS", "make_sampler", "make_pruner", "check_sampler_available"]
 
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
+
+
+def check_sampler_available(name: str) -> None:
+    """Raises ValueError when ``name`` is unknown or needs a package that is not installed."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+    if name == "gp" and importlib.util.find_spec("torch") is None:
+        # Optuna's GPSampler imports PyTorch once its random start-up trials are done.
+        raise ValueError("sampler 'gp' needs PyTorch: pip install 'energy-harness[gp]' (or torch)")
 
 
 def make_sampler(name: str, *, seed: int | None = None, multi_objective: bool = True) -> optuna.samplers.BaseSampler:

@@ -1,0 +1,200 @@
+"""Tests of harness.search_loop.SearchRun driven directly: every sampler, candidate reuse,
+devices with meters, and a device that keeps failing.
+
+The tiny reference, no training epochs (the proxy training is not the point here) and 50 ms
+measurement windows keep each search to a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from devices.base import Device, DeviceError, MeasureSettings, Measurement
+from harness import search_loop
+from harness.config import SearchConfig, config_from_mapping
+from harness.errors import HarnessError, InputError
+from harness.search_loop import MAX_CONSECUTIVE_FAILURES, SearchRun, open_study
+from results.records import TrialRecord
+from results.store import ResultsStore
+from search.samplers import SAMPLERS
+from tests.harness.conftest import cheap_config, merged
+
+pytestmark = pytest.mark.usefixtures("harness_env")
+
+SAMPLER_CLASSES = {
+    "tpe": optuna.samplers.TPESampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "nsga3": optuna.samplers.NSGAIIISampler,
+    "gp": optuna.samplers.GPSampler,
+    "random": optuna.samplers.RandomSampler,
+}
+
+# One searchable choice (the dense kernel): the two seeds are the whole space.
+TWO_CANDIDATES = {
+    "search": {
+        "kernel": ["fixed(8)", "float32"], "bias": ["float32"], "activation": ["float32"],
+        "multipliers": [1.0], "layer": [{"match": "conv.*", "kernel": ["float32"]}],
+    },
+}  # fmt: skip
+
+
+def make(tiny_reference: Path, results_dir: Path, overrides: dict) -> SearchConfig:
+    base = merged(
+        cheap_config(tiny_reference), {"training": {"epochs": 0}, "search": {"results_dir": str(results_dir)}}
+    )
+    return config_from_mapping(merged(base, overrides))
+
+
+def records_of(config: SearchConfig) -> list[TrialRecord]:
+    with ResultsStore(Path(config.results_dir) / "harness.sqlite", create=False) as store:
+        return store.records(config.study)
+
+
+class FakeDevice(Device):
+    """A device with a meter that answers fixed numbers, or fails on every measurement."""
+
+    def __init__(self, name: str, *, energy_mj: float = 0.5, latency_ms: float = 2.0,
+                 source: str = "measured", fail: bool = False, limit: int | None = None) -> None:
+        super().__init__(name)
+        self.energy_mj, self.latency_ms, self.source = energy_mj, latency_ms, source
+        self.fail, self.limit, self.calls = fail, limit, 0
+
+    @property
+    def has_energy_meter(self) -> bool:
+        return True
+
+    def measure(
+        self, model_path: Path, settings: MeasureSettings, probe_input: np.ndarray | None = None
+    ) -> Measurement:
+        self.calls += 1
+        if self.limit is not None and self.calls > self.limit:
+            raise Runaway(f"{self.calls} measurements")
+        assert Path(model_path).is_file() and Path(model_path).suffix == ".tflite"
+        if self.fail:
+            raise DeviceError(f"device {self.name!r}: power rail vanished measuring {Path(model_path).name}")
+        return Measurement(
+            device=self.name, latency_ms_median=self.latency_ms, latency_ms_p90=self.latency_ms * 1.5,
+            n_inferences=settings.min_runs, window_s=0.01, threads=settings.threads,
+            energy_mj_median=self.energy_mj, energy_source=self.source,  # type: ignore[arg-type]
+        )
+
+
+class Runaway(BaseException):
+    """Stops a search that does not stop by itself (not an Exception: the loop cannot eat it)."""
+
+
+# --- samplers -------------------------------------------------------------------------------
+
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+NEEDS_TORCH = pytest.mark.skipif(not HAS_TORCH, reason="sampler gp needs PyTorch (refused up front without it)")
+
+
+@pytest.mark.parametrize("sampler", [pytest.param(s, marks=NEEDS_TORCH) if s == "gp" else s for s in SAMPLERS])
+def test_every_sampler_runs_three_trials(sampler: str, tiny_reference: Path, tmp_path: Path) -> None:
+    search = {"study": f"s-{sampler}", "sampler": sampler, "trials": 3}
+    config = make(tiny_reference, tmp_path / "results", {"search": search})
+    run = SearchRun(config, progress=False)
+    summary = run.run()
+    assert summary.finished == 3 and summary.counts == {"complete": 3}
+    assert summary.study_dir == tmp_path / "results" / f"s-{sampler}"
+    records = records_of(config)
+    assert [r.trial_number for r in records] == [0, 1, 2]
+    assert [r.label for r in records] == ["reference", "int8", ""]
+    distributions = run.space.distributions()
+    proposed = records[2].params
+    for name, values in distributions.items():
+        assert proposed[name] in values, (name, proposed[name])
+    assert all(r.metric_value("latency_ms") > 0 and r.metrics["energy_mj"].source == "estimated" for r in records)
+    study = open_study(config, Path(config.results_dir))
+    assert isinstance(study.sampler, SAMPLER_CLASSES[sampler])
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
+
+
+@NEEDS_TORCH
+def test_gp_sampler_runs_past_its_startup_trials(tiny_reference: Path, tmp_path: Path) -> None:
+    """GPSampler imports PyTorch only after its 10 random start-up trials."""
+    search = {"study": "gp", "sampler": "gp", "trials": 12, "in_flight": 1}
+    config = make(tiny_reference, tmp_path / "results", merged(TWO_CANDIDATES, {"search": search}))
+    summary = SearchRun(config, progress=False).run()
+    assert summary.finished == 12
+
+
+@pytest.mark.skipif(HAS_TORCH, reason="PyTorch is installed: gp is available")
+def test_gp_without_torch_is_refused_up_front(tiny_reference: Path, tmp_path: Path) -> None:
+    """Not at trial 10 with a ModuleNotFoundError, but when the config or flag is read."""
+    with pytest.raises(InputError, match=r"\[search\] sampler: .*'gp' needs PyTorch"):
+        make(tiny_reference, tmp_path / "results", {"search": {"sampler": "gp"}})
+    with pytest.raises(InputError, match=r"--sampler: .*'gp' needs PyTorch"):
+        SearchConfig().with_overrides(sampler="gp")
+
+
+# --- candidate reuse ---------------------------------------------------------------------------
+
+
+def test_a_candidate_measured_before_is_reused_not_retrained(tiny_reference: Path, tmp_path: Path) -> None:
+    # One candidate in flight at a time: only a *complete* trial can be reused, and with two in
+    # flight the same candidate may legitimately be trained twice.
+    search = {"study": "reuse", "sampler": "random", "trials": 5, "in_flight": 1}
+    config = make(tiny_reference, tmp_path / "results", merged(TWO_CANDIDATES, {"search": search}))
+    run = SearchRun(config, progress=False)
+    assert list(run.space.distributions()) == ["kernel:dense"]
+    summary = run.run()
+    assert summary.finished == 5 and summary.counts == {"complete": 5}
+    records = records_of(config)
+    first = {records[0].candidate_key: records[0], records[1].candidate_key: records[1]}
+    assert len(first) == 2
+    for record in records[2:]:
+        original = first[record.candidate_key]
+        assert f"reused:{original.trial_number}" in record.flags
+        assert record.metrics == original.metrics and record.artifacts == original.artifacts
+        assert record.timings_s == {}  # nothing built, trained or measured again
+    assert not (tmp_path / "results" / "reuse" / "trials" / "00002").exists()
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+
+def test_metered_devices_give_measured_or_simulated_energy(tiny_reference: Path, tmp_path: Path) -> None:
+    config = make(tiny_reference, tmp_path / "results", {"search": {"study": "metered", "trials": 2}})
+    devices = [
+        FakeDevice("bench", energy_mj=0.5, latency_ms=2.0, source="measured"),
+        FakeDevice("sim", energy_mj=0.7, latency_ms=1.0, source="simulated"),
+    ]
+    summary = SearchRun(config, progress=False, devices=devices).run()  # type: ignore[arg-type]
+    assert summary.counts == {"complete": 2}
+    assert [d.calls for d in devices] == [2, 2]
+    for record in records_of(config):
+        metrics = record.metrics
+        # max over devices (latency_aggregate = "max"); one simulated meter makes it simulated
+        assert metrics["energy_mj"].value == 0.7 and metrics["energy_mj"].source == "simulated"
+        assert metrics["energy_mj.bench"].value == 0.5 and metrics["energy_mj.bench"].source == "measured"
+        assert metrics["energy_mj.sim"].source == "simulated"
+        assert metrics["latency_ms"].value == 2.0 and metrics["latency_ms_p90"].value == 3.0
+        assert metrics["latency_ms.sim"].value == 1.0
+        assert [m["device"] for m in record.measurements] == ["bench", "sim"]
+        assert record.timings_s["measure"] == pytest.approx(0.02)
+
+
+def test_a_device_that_always_fails_stops_the_search(
+    tiny_reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a failed measurement used to reset the failure count, so this looped forever."""
+    assert MAX_CONSECUTIVE_FAILURES == 5
+    monkeypatch.setattr(search_loop, "MAX_CONSECUTIVE_FAILURES", 2)  # fewer doomed trials to pay for
+    config = make(tiny_reference, tmp_path / "results", {"search": {"study": "broken", "trials": 3, "in_flight": 1}})
+    device = FakeDevice("flaky", fail=True, limit=2 + 1)  # one more than the patched limit
+    try:
+        with pytest.raises(HarnessError, match="failed in a row") as info:
+            SearchRun(config, progress=False, devices=[device]).run()  # type: ignore[list-item]
+    except Runaway:
+        pytest.fail(f"the search kept measuring after {device.limit} failed measurements")
+    assert "power rail vanished" in str(info.value)
+    records = records_of(config)
+    assert records and all(r.state == "failed" for r in records)
+    assert all("measurement failed: flaky" in (r.error or "") for r in records)
