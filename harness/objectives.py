@@ -12,7 +12,7 @@ from harness.evaluate import PJ_PER_MJ, HostOutcome
 from results.records import Metric
 from search.estimates import Estimate
 
-__all__ = ["estimate_metrics", "host_metrics", "measurement_metrics", "objective_values", "OBJECTIVE_METRIC"]
+__all__ = ["estimate_metrics", "estimated_energy_metric", "host_metrics", "measurement_metrics", "objective_values", "OBJECTIVE_METRIC"]
 
 # Which metric each objective reads.
 OBJECTIVE_METRIC = {
@@ -32,6 +32,11 @@ def estimate_metrics(cost: Estimate) -> dict[str, Metric]:
         "param_bits": Metric(float(cost.param_bits), "bits", "estimated"),
         "model_bytes_estimated": Metric(float(cost.model_bytes), "bytes", "estimated"),
     }
+
+
+def estimated_energy_metric(cost: Estimate) -> Metric:
+    """The host estimate as the ``energy_mj`` metric (mJ per inference, source estimated)."""
+    return Metric(cost.energy_pj / PJ_PER_MJ, "mJ", "estimated")
 
 
 def host_metrics(outcome: HostOutcome, config: SearchConfig) -> dict[str, Metric]:
@@ -68,7 +73,7 @@ def measurement_metrics(
         for m in measurements:
             metrics[f"energy_mj.{m.device}"] = Metric(m.energy_mj_median, "mJ", m.energy_source)
     else:
-        metrics["energy_mj"] = Metric(cost.energy_pj / PJ_PER_MJ, "mJ", "estimated")
+        metrics["energy_mj"] = estimated_energy_metric(cost)
     return metrics
 
 

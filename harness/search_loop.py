@@ -31,9 +31,15 @@ from devices.local import LocalDevice
 from harness.config import SearchConfig
 from harness.data import Dataset, check_fits, load_dataset
 from harness.errors import HarnessError, InputError
-from harness.evaluate import PJ_PER_MJ, CandidateEvaluator, HostOutcome, sha256_file
+from harness.evaluate import CandidateEvaluator, HostOutcome, sha256_file
 from harness.host_gate import HostCpuGate
-from harness.objectives import estimate_metrics, host_metrics, measurement_metrics, objective_values
+from harness.objectives import (
+    estimate_metrics,
+    estimated_energy_metric,
+    host_metrics,
+    measurement_metrics,
+    objective_values,
+)
 from harness.reference import load_reference
 from results.records import Artifact, Metric, TrialRecord
 from results.store import ResultsStore
@@ -278,26 +284,18 @@ class SearchRun:
         record.metrics.update(estimate_metrics(cost))
         reason = self.evaluator.rejection(cost)
         if reason is not None:
-            record.state, record.error = "rejected", reason
-            store.put(record)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            bar.update(1)
-            return True
+            return self._settle_unmeasured(study, store, trial, record, "rejected", reason, bar)
         store.put(record)
         callbacks = []
         if self.config.mode == "score":
-            callbacks.append(_ScorePruning(trial, self, cost))
+            callbacks.append(_ScorePruning(trial, self._estimated_score_factor(cost)))
         trial_dir = self.study_dir / "trials" / f"{trial.number:05d}"
         try:
             outcome = self.evaluator.train_and_lower(
                 spec, model, cost, trial_dir, callbacks, train=label != "reference"
             )
         except optuna.TrialPruned:
-            record.state, record.error = "pruned", "pruned during training"
-            store.put(record)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            bar.update(1)
-            return True
+            return self._settle_unmeasured(study, store, trial, record, "pruned", "pruned during training", bar)
         except Exception as e:
             return self._fail(study, store, trial, record, f"train/convert failed: {e}")
         record.timings_s.update(outcome.timings_s)
@@ -311,16 +309,20 @@ class SearchRun:
         minimum = self.config.constraints.min_accuracy
         accuracy = record.metric_value("accuracy")
         if minimum is not None and accuracy is not None and accuracy < minimum:
-            record.state = "rejected"
-            record.error = f"accuracy {accuracy:.4f} is below the minimum {minimum:.4f}; not measured"
-            store.put(record)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            bar.update(1)
-            return True
+            reason = f"accuracy {accuracy:.4f} is below the minimum {minimum:.4f}; not measured"
+            return self._settle_unmeasured(study, store, trial, record, "rejected", reason, bar)
         futures = {
             d.name: executors[d.name].submit(self._measure, d, outcome.tflite_path) for d in self.devices
         }
         pending.append(_Pending(trial, record, outcome, futures))
+        return True
+
+    def _settle_unmeasured(self, study, store, trial, record: TrialRecord, state, reason: str, bar) -> bool:
+        """A trial that ends without measurement (a constraint or the pruner): Optuna's PRUNED."""
+        record.state, record.error = state, reason
+        store.put(record)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        bar.update(1)
         return True
 
     def _fail(self, study, store, trial, record: TrialRecord, message: str) -> bool:
@@ -415,8 +417,7 @@ class SearchRun:
         """The int8 reference's cost, the denominator of the forgiving factor."""
         spec = self.space.int8_spec()
         model, cost, _ = self.evaluator.build(spec)
-        metrics = estimate_metrics(cost)
-        metrics["energy_mj"] = Metric(cost.energy_pj / PJ_PER_MJ, "mJ", "estimated")
+        metrics = {**estimate_metrics(cost), "energy_mj": estimated_energy_metric(cost)}
         needs_device = self.config.score_cost == "latency" or (
             self.config.score_cost == "energy" and all(d.has_energy_meter for d in self.devices)
         )
@@ -429,6 +430,13 @@ class SearchRun:
             raise HarnessError(f"the int8 reference has no usable {self.config.score_cost} cost ({value})")
         return float(value)
 
+    def _estimated_score_factor(self, cost) -> float:
+        """``1 + delta`` from the candidate's estimate; 1 when its cost is only measured."""
+        if self.config.score_cost == "latency" or not self._baseline_cost:
+            return 1.0
+        trial_cost = self._cost_of({**estimate_metrics(cost), "energy_mj": estimated_energy_metric(cost)})
+        return 1.0 + self.config.score.delta(self._baseline_cost, trial_cost) if trial_cost else 1.0
+
     def _score(self, record: TrialRecord) -> float:
         cost = self._cost_of(record.metrics)
         accuracy = record.metric_value("accuracy") or 0.0
@@ -437,18 +445,14 @@ class SearchRun:
 
 
 class _ScorePruning(keras.callbacks.Callback):
-    """Reports the forgiving-factor score per epoch so Hyperband can stop weak candidates."""
+    """Reports the forgiving-factor score per epoch so Hyperband can stop weak candidates.
 
-    def __init__(self, trial: optuna.trial.Trial, run: SearchRun, cost) -> None:
+    ``factor`` is ``1 + delta`` from the cost known before training (1 when it is not)."""
+
+    def __init__(self, trial: optuna.trial.Trial, factor: float) -> None:
         super().__init__()
         self.trial = trial
-        metrics = estimate_metrics(cost)
-        metrics["energy_mj"] = Metric(cost.energy_pj / PJ_PER_MJ, "mJ", "estimated")
-        trial_cost = run._cost_of(metrics) if run.config.score_cost != "latency" else None
-        baseline = run._baseline_cost
-        self.factor = 1.0
-        if trial_cost and baseline:
-            self.factor = 1.0 + run.config.score.delta(baseline, trial_cost)
+        self.factor = factor
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         accuracy = float((logs or {}).get("val_accuracy", 0.0))

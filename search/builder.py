@@ -71,8 +71,6 @@ def build_deploy_model(trained: keras.Model, reference: keras.Model, spec: Candi
 
     Training-only activation quantizers are lowered to the reference's activation function.
     """
-    from search import quantizers  # noqa: F401  (qkeras import side effects kept local)
-
     plain = keras.models.clone_model(
         trained, clone_function=lambda layer: _plain_clone(layer, reference, spec)
     )
