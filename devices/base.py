@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DeviceError", "MeasureSettings", "Measurement", "Device", "EnergySource"]
+__all__ = ["DeviceError", "MeasureSettings", "Measurement", "Device", "EnergySource", "HealthReport"]
 
 EnergySource = Literal["measured", "simulated", "none"]
 
@@ -83,6 +83,26 @@ class Measurement:
         return data
 
 
+@dataclass(frozen=True)
+class HealthReport:
+    """The result of :meth:`Device.health_check`: healthy, or the problems found (one line each).
+
+    ``facts`` holds what was read (free disk in MB, temperature in C, runtime version ...), as
+    strings, for ``harness devices check`` and the fleet's records.
+    """
+
+    device: str
+    problems: tuple[str, ...] = ()
+    facts: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        return "healthy" if self.ok else "; ".join(self.problems)
+
+
 class Device(abc.ABC):
     """Something that runs a .tflite and reports latency (and energy when it has a meter).
 
@@ -91,9 +111,10 @@ class Device(abc.ABC):
             names the device and the model.
     """
 
-    def __init__(self, name: str, tags: tuple[str, ...] = ()) -> None:
+    def __init__(self, name: str, tags: tuple[str, ...] = (), device_class: str | None = None) -> None:
         self.name = name
         self.tags = tags
+        self.device_class = device_class or (tags[0] if tags else name)
 
     @property
     @abc.abstractmethod
@@ -105,6 +126,13 @@ class Device(abc.ABC):
         self, model_path: Path, settings: MeasureSettings, probe_input: np.ndarray | None = None
     ) -> Measurement:
         """Time ``model_path``; ``probe_input`` (one batch) feeds the output checksum."""
+
+    def health_check(self) -> HealthReport:
+        """Whether the device can measure now (reachable, runner works, disk, temperature).
+
+        Never raises for a sick device: problems are reported. The default has nothing to check.
+        """
+        return HealthReport(self.name)
 
     def close(self) -> None:
         """Release connections; a no-op where there are none."""
