@@ -59,7 +59,8 @@ class Measurement:
     Latency is per inference in ms, from the timed loop only (warm-up excluded). Energy is net
     per inference in mJ, ``None`` when the device has no meter (``energy_source == "none"``).
     ``output_checksum`` digests the model's output for the fixed probe input, so a device that
-    answers wrongly can be told from one that answers fast.
+    answers wrongly can be told from one that answers fast; ``output_matches`` says whether it
+    equals the host's digest for the same model and input (``None``: not compared).
     """
 
     device: str
@@ -73,6 +74,7 @@ class Measurement:
     power_mw_mean: float | None = None
     energy_source: EnergySource = "none"
     output_checksum: str | None = None
+    output_matches: bool | None = None
     fingerprint: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
