@@ -294,7 +294,7 @@ class _Entry:
         unknown = sorted([k for k in self.own if k not in allowed]
                          + [k for k in self.defaults if k not in _COMMON_KEYS | _SSH_KEYS | _ADB_KEYS])
         if unknown:
-            raise self.fail(unknown[0], f"unknown key for a {transport} device (allowed: "
+            raise self.fail(unknown[0], f"unknown key for transport {transport!r} (allowed: "
                                         f"{', '.join(sorted(allowed))})")
         runner_default = "litert" if transport == "ssh" else "benchmark_model"
         runner = self.choice("runner", (runner_default,), runner_default)
