@@ -76,6 +76,10 @@ class MeasureConfig:
     min_seconds: float = 0.5
     min_runs: int = 20
     latency_aggregate: Literal["max", "mean"] = "max"
+    inventory: tuple[str, ...] = ()
+    retries: int = 2
+    quarantine_after: int = 3
+    lease_ttl_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,9 @@ class SearchConfig:
             values["training"] = replace(self.training, seed=values["seed"])
         if "devices" in values:
             values["measure"] = replace(self.measure, devices=tuple(values.pop("devices")))  # type: ignore[arg-type]
+        if "inventory" in values:
+            measure = values.get("measure", self.measure)
+            values["measure"] = replace(measure, inventory=tuple(values.pop("inventory")))  # type: ignore[arg-type]
         return replace(self, **values)  # type: ignore[arg-type]
 
     @property
@@ -181,10 +188,13 @@ def load_config(path: str | Path) -> SearchConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"config {path}: not valid TOML: {e}") from e
-    return config_from_mapping(data, where=str(path))
+    return config_from_mapping(data, where=str(path), base_dir=path.parent)
 
 
-def config_from_mapping(data: Mapping[str, object], where: str = "config") -> SearchConfig:
+def config_from_mapping(
+    data: Mapping[str, object], where: str = "config", base_dir: Path | None = None
+) -> SearchConfig:
+    """Settings from parsed TOML; relative inventory paths resolve against ``base_dir``."""
     root = _Section(data, where)
     values: dict[str, object] = {}
     defaults = SearchConfig()
@@ -280,9 +290,20 @@ def config_from_mapping(data: Mapping[str, object], where: str = "config") -> Se
         min_seconds=measure.get("min_seconds", float, defaults.measure.min_seconds),  # type: ignore[arg-type]
         min_runs=measure.get("min_runs", int, defaults.measure.min_runs),  # type: ignore[arg-type]
         latency_aggregate=measure.get("latency_aggregate", str, "max"),  # type: ignore[arg-type]
+        inventory=tuple(str(base_dir / p) if base_dir is not None and not Path(p).is_absolute() else p
+                        for p in measure.strings("inventory", ()) or ()),
+        retries=measure.get("retries", int, defaults.measure.retries),  # type: ignore[arg-type]
+        quarantine_after=measure.get("quarantine_after", int, defaults.measure.quarantine_after),  # type: ignore[arg-type]
+        lease_ttl_s=measure.get("lease_ttl_s", float, defaults.measure.lease_ttl_s),  # type: ignore[arg-type]
     )
     if values["measure"].latency_aggregate not in ("max", "mean"):  # type: ignore[attr-defined]
         raise InputError("[measure] latency_aggregate: expected 'max' or 'mean'")
+    if values["measure"].retries < 0:  # type: ignore[attr-defined]
+        raise InputError("[measure] retries: expected a whole number >= 0")
+    if values["measure"].quarantine_after < 1:  # type: ignore[attr-defined]
+        raise InputError("[measure] quarantine_after: expected a whole number >= 1")
+    if not values["measure"].lease_ttl_s >= 5:  # type: ignore[attr-defined]
+        raise InputError("[measure] lease_ttl_s: expected a number of seconds >= 5")
     chosen = values["measure"]
     try:
         MeasureSettings(chosen.threads, chosen.warmup_runs, chosen.min_seconds, chosen.min_runs)  # type: ignore[attr-defined]
