@@ -30,7 +30,6 @@ SCHEMA_VERSION = 1
 #: File name of the store inside a results directory.
 STORE_FILENAME = "harness.sqlite"
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _JSON_FIELDS = ("params", "layers", "metrics", "artifacts", "timings_s", "measurements", "flags")
 _COLUMNS = ("study", "trial_number", "candidate_key", "state", "label", *_JSON_FIELDS, "error")
 
@@ -93,11 +92,9 @@ class ResultsStore:
             if not create:
                 raise ResultsError(f"{self.path}: no results database here")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif not _has_sqlite_header(self.path):
-            raise ResultsError(
-                f"{self.path}: not a SQLite results database (bad header); "
-                "move it aside or choose another path"
-            )
+        # No pre-check of the file's header with open(): closing any other descriptor of
+        # the file drops this process's POSIX locks on it, which SQLite's other connections
+        # here (the fleet's lease store) rely on. SQLite itself refuses a non-database below.
         self._conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
@@ -112,6 +109,11 @@ class ResultsStore:
             self._init_schema(conn)
         except (sqlite3.Error, ValueError) as e:  # ValueError: a non-numeric schema version
             self.close()
+            if isinstance(e, sqlite3.DatabaseError) and "not a database" in str(e):
+                raise ResultsError(
+                    f"{self.path}: not a SQLite results database (bad header); "
+                    "move it aside or choose another path"
+                ) from e
             raise ResultsError(f"{self.path}: unreadable results database: {e}") from e
         except ResultsError:
             self.close()
@@ -269,16 +271,6 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
     ).fetchone()
     return row is not None
-
-
-def _has_sqlite_header(path: Path) -> bool:
-    """Whether ``path`` is empty (SQLite will initialise it) or starts with SQLite's magic."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
-    except OSError as e:
-        raise ResultsError(f"{path}: cannot read results database: {e}") from e
-    return head in (b"", _SQLITE_MAGIC)
 
 
 def _to_row(record: TrialRecord) -> tuple[object, ...]:

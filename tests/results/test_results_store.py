@@ -243,3 +243,24 @@ def test_killed_writer_leaves_only_whole_records(tmp_path: Path) -> None:
     for r in records:
         assert isinstance(r, TrialRecord)
         assert r == make_record(r.trial_number, accuracy=r.metric_value("accuracy"))
+
+
+def test_writes_stay_visible_to_other_processes_while_the_lease_store_shares_the_file(tmp_path: Path) -> None:
+    """Regression: opening the fleet's lease store read the file's header with open()/close(),
+    which dropped this process's POSIX locks held by the results store's SQLite connection, and
+    other processes stopped seeing its commits until it exited."""
+    import subprocess
+    import sys
+
+    from devices.leases import LeaseStore
+
+    path = tmp_path / "harness.sqlite"
+    script = ("import sys; from results.store import ResultsStore; "
+              "print(len(ResultsStore(sys.argv[1], create=False).records('s')))")
+    with ResultsStore(path) as store, LeaseStore(path) as leases:
+        assert leases.acquire("board", "host:1:x", 60) is not None
+        for number in range(3):
+            store.put(make_record(study="s", trial_number=number))
+            seen = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                                  text=True, timeout=60, check=True).stdout.strip()
+            assert seen == str(number + 1)
