@@ -65,10 +65,13 @@ def cli(verbose: int) -> None:
 @click.option("--sampler", type=click.Choice(["tpe", "nsga2", "nsga3", "gp", "random"]))
 @click.option("--study", help="Study name (resumes when it exists).")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--device", "devices", multiple=True, help="Device to measure on (repeatable).")
+@click.option("--device", "devices", multiple=True,
+              help="Device name or tag:TAG to measure on (repeatable; replaces [measure] devices).")
+@click.option("--inventory", "inventory", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Device inventory TOML (repeatable; default: devices/*.toml here).")
 @click.option("--seed", type=int)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def search(config_path: Path | None, trials, sampler, study, results_dir, devices, seed, no_progress) -> None:
+def search(config_path: Path | None, trials, sampler, study, results_dir, devices, inventory, seed, no_progress) -> None:
     """Run (or resume) a search from CONFIG_PATH (TOML; defaults: the built-in example on digits)."""
     from harness.config import SearchConfig, load_config
     from harness.report import build_report
@@ -78,7 +81,7 @@ def search(config_path: Path | None, trials, sampler, study, results_dir, device
     config = config.with_overrides(
         trials=trials, sampler=sampler, study=study, seed=seed,
         results_dir=None if results_dir is None else str(results_dir),
-        devices=tuple(devices) or None,
+        devices=tuple(devices) or None, inventory=tuple(str(p) for p in inventory) or None,
     )
     summary = SearchRun(config, progress=not no_progress).run()
     report = build_report(config.results_dir, config.study)
@@ -94,26 +97,44 @@ def search(config_path: Path | None, trials, sampler, study, results_dir, device
 
 @cli.command()
 @click.argument("model_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--device", "device_name", default="local", show_default=True)
+@click.option("--device", "device_name", default="local", show_default=True, help="A device of the inventory.")
+@click.option("--inventory", "inventory", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Device inventory TOML (repeatable; default: devices/*.toml here).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True, help="Where the fleet's leases and device health are kept.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--warmup-runs", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--min-runs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def measure(model_path: Path, device_name: str, threads, warmup_runs, min_seconds, min_runs, as_json) -> None:
-    """Measure MODEL_PATH (.tflite) on one device."""
+def measure(model_path: Path, device_name: str, inventory, results_dir: Path, threads, warmup_runs,
+            min_seconds, min_runs, as_json) -> None:
+    """Measure MODEL_PATH (.tflite) on one device (leased, health-checked, like a search does)."""
     from devices.base import MeasureSettings
-    from harness.search_loop import resolve_devices
+    from harness.config import MeasureConfig
+    from harness.fleet_setup import inventory_from, open_devices, open_fleet
 
     if not model_path.is_file():
         raise InputError(f"model {model_path}: no such file")
     with open(model_path, "rb") as handle:
         if handle.read(8)[4:8] != b"TFL3":  # the flatbuffer file identifier of every .tflite
             raise InputError(f"model {model_path}: not a .tflite file (no TFL3 identifier)")
-    (device,) = resolve_devices((device_name,))
+    if device_name.startswith("tag:"):
+        raise InputError(f"--device {device_name}: name one device, not a tag")
+    devices = open_devices([device_name], inventory_from(inventory))
     settings = MeasureSettings(threads=threads, warmup_runs=warmup_runs, min_seconds=min_seconds, min_runs=min_runs)
-    with device:
-        result = device.measure(model_path, settings)
+    # no retry: the user asked for this device, and a failure should say so at once
+    fleet, store = open_fleet(devices, results_dir, MeasureConfig(retries=0))
+    try:
+        outcome = fleet.measure(model_path, settings)
+    finally:
+        fleet.close()
+        store.close()
+    if not outcome.ok:
+        from devices.base import DeviceError
+
+        raise DeviceError("; ".join(line for lines in outcome.errors.values() for line in lines))
+    (result,) = outcome.measurements.values()
     data = result.to_dict()
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -52,26 +52,28 @@ def host_metrics(outcome: HostOutcome, config: SearchConfig) -> dict[str, Metric
 
 
 def measurement_metrics(
-    measurements: Sequence[Measurement], cost: Estimate, aggregate: str
+    by_class: Mapping[str, Measurement], cost: Estimate, aggregate: str
 ) -> dict[str, Metric]:
-    """Latency (and energy when every device has a meter) aggregated over devices.
+    """Latency (and energy when every class has a meter) per device class, and aggregated
+    over classes (``max`` or ``mean``) as the objective.
 
-    Without a meter on every device, ``energy_mj`` falls back to the host estimate and says so.
+    Without a meter on every class, ``energy_mj`` falls back to the host estimate and says so.
     """
     reduce = np.max if aggregate == "max" else np.mean
+    measurements = list(by_class.values())
     metrics: dict[str, Metric] = {}
     if measurements:
         metrics["latency_ms"] = Metric(float(reduce([m.latency_ms_median for m in measurements])), "ms", "measured")
         metrics["latency_ms_p90"] = Metric(float(reduce([m.latency_ms_p90 for m in measurements])), "ms", "measured")
-        for m in measurements:
-            metrics[f"latency_ms.{m.device}"] = Metric(m.latency_ms_median, "ms", "measured")
+        for device_class, m in by_class.items():
+            metrics[f"latency_ms.{device_class}"] = Metric(m.latency_ms_median, "ms", "measured")
     energies = [m.energy_mj_median for m in measurements]
     if measurements and all(e is not None for e in energies):
         simulated = any(m.energy_source == "simulated" for m in measurements)
         source = "simulated" if simulated else "measured"
         metrics["energy_mj"] = Metric(float(reduce(energies)), "mJ", source)  # type: ignore[arg-type]
-        for m in measurements:
-            metrics[f"energy_mj.{m.device}"] = Metric(m.energy_mj_median, "mJ", m.energy_source)
+        for device_class, m in by_class.items():
+            metrics[f"energy_mj.{device_class}"] = Metric(m.energy_mj_median, "mJ", m.energy_source)
     else:
         metrics["energy_mj"] = estimated_energy_metric(cost)
     return metrics

@@ -1,8 +1,11 @@
 """The search: an Optuna study proposes, the host trains and lowers, devices measure.
 
 Trials flow through two stages that overlap: the main thread builds, trains and lowers one
-candidate while device workers (one thread per device) measure earlier ones; ``ask``/``tell``
-decouple the two, so up to ``in_flight`` candidates wait for devices at any time.
+candidate while measurement workers hand earlier ones to the device fleet
+(:class:`devices.fleet.Fleet`: one measurement per device class, on a leased, healthy device,
+retried on another device of the class when one fails); ``ask``/``tell`` decouple the two, so
+up to ``in_flight`` candidates (at least one per device of the largest class) wait for devices
+at any time.
 
 Nothing measured is lost: a trial's record is written to the results store after every stage
 and *before* Optuna is told, so a killed search that is started again (same study name) tells
@@ -26,12 +29,13 @@ import keras
 import optuna
 from tqdm import tqdm
 
-from devices.base import Device, DeviceError, MeasureSettings, Measurement
-from devices.local import LocalDevice
+from devices.base import Device, MeasureSettings, Measurement
+from devices.fleet import Fleet, FleetResult
 from harness.config import SearchConfig
 from harness.data import Dataset, check_fits, load_dataset
 from harness.errors import HarnessError, InputError
 from harness.evaluate import CandidateEvaluator, HostOutcome, sha256_file
+from harness.fleet_setup import inventory_from, open_devices, open_fleet
 from harness.host_gate import HostCpuGate
 from harness.objectives import (
     estimate_metrics,
@@ -48,7 +52,7 @@ from search.graph import GraphError
 from search.samplers import make_pruner, make_sampler
 from search.space import SearchSpace, SpaceError, build_space
 
-__all__ = ["SearchRun", "SearchSummary", "resolve_devices", "open_study", "study_storage_url"]
+__all__ = ["SearchRun", "SearchSummary", "open_study", "study_storage_url"]
 
 log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 5
@@ -56,17 +60,6 @@ MAX_CONSECUTIVE_FAILURES = 5
 
 def study_storage_url(results_dir: Path) -> str:
     return f"sqlite:///{(results_dir / 'optuna.sqlite3').resolve()}"
-
-
-def resolve_devices(names: tuple[str, ...]) -> list[Device]:
-    """Devices by name; only the host (``local``) until an inventory is configured."""
-    devices: list[Device] = []
-    for name in names:
-        if name == "local":
-            devices.append(LocalDevice())
-        else:
-            raise InputError(f"device {name!r}: unknown device (known: local)")
-    return devices
 
 
 def open_study(config: SearchConfig, results_dir: Path) -> optuna.Study:
@@ -102,7 +95,7 @@ class _Pending:
     trial: optuna.trial.Trial
     record: TrialRecord
     outcome: HostOutcome
-    futures: dict[str, Future[Measurement]]
+    future: Future[FleetResult]
 
 
 @dataclass
@@ -137,8 +130,11 @@ class SearchRun:
             raise InputError(f"reference model {config.reference!r}: {e}") from e
         if not self.space.distributions():
             raise InputError("the search space has no choices left: check the [[search.layer]] rules")
-        self.devices = devices if devices is not None else resolve_devices(config.measure.devices)
         self.gate = HostCpuGate()
+        if devices is None:
+            inventory = inventory_from(config.measure.inventory)
+            devices = open_devices(config.measure.devices, inventory, self.gate)
+        self.devices: list[Device] = devices
         self.evaluator = CandidateEvaluator(self.reference, self.space, self.dataset, config, self.gate)
         self.settings = MeasureSettings(
             threads=config.measure.threads, warmup_runs=config.measure.warmup_runs,
@@ -154,30 +150,33 @@ class SearchRun:
         with ResultsStore(self.results_dir / "harness.sqlite") as store:
             self._recover(study, store)
             self._seed(study)
-            self._baseline_cost = self._score_baseline() if self.config.mode == "score" else None
-            executors = {d.name: ThreadPoolExecutor(1, thread_name_prefix=f"measure-{d.name}") for d in self.devices}
+            self.fleet, lease_store = open_fleet(self.devices, self.results_dir, self.config.measure)
+            # one worker per device of the largest class keeps every device of it busy
+            widest = max(len(names) for names in self.fleet.classes.values())
+            in_flight = max(self.config.in_flight, widest)
+            executor = ThreadPoolExecutor(widest, thread_name_prefix="measure")
             pending: list[_Pending] = []
             self._consecutive_failures = 0
             bar = tqdm(total=self.config.trials, initial=self._finished(study), disable=not self.progress,
                        desc=f"search {self.config.study}", unit="trial")
             try:
+                self._baseline_cost = self._score_baseline() if self.config.mode == "score" else None
                 while True:
                     self._collect(study, store, pending, block=False, bar=bar)
                     self._check_failures()
                     finished = self._finished(study)
                     if finished >= self.config.trials:
                         break
-                    if finished + len(pending) >= self.config.trials or len(pending) >= self.config.in_flight:
+                    if finished + len(pending) >= self.config.trials or len(pending) >= in_flight:
                         self._collect(study, store, pending, block=True, bar=bar)
                         continue
-                    self._start_trial(study, store, executors, pending, bar)
+                    self._start_trial(study, store, executor, pending, bar)
             finally:
                 while pending:  # measurements under way are finished and kept, even on Ctrl-C
                     self._collect(study, store, pending, block=True, bar=bar)
-                for executor in executors.values():
-                    executor.shutdown(wait=True)
-                for device in self.devices:
-                    device.close()
+                executor.shutdown(wait=True)
+                self.fleet.close()  # closes the devices
+                lease_store.close()
                 bar.close()
             counts: dict[str, int] = {}
             for record in store.records(self.config.study):
@@ -255,7 +254,7 @@ class SearchRun:
             log.info("trial %d: its process died; candidate re-queued", trial.number)
 
     # -- one trial ------------------------------------------------------------------------
-    def _start_trial(self, study, store, executors, pending, bar) -> bool:
+    def _start_trial(self, study, store, executor, pending, bar) -> bool:
         with self._ask_lock():
             trial = study.ask()
             trial.set_user_attr("owner", self.owner)
@@ -311,10 +310,8 @@ class SearchRun:
         if minimum is not None and accuracy is not None and accuracy < minimum:
             reason = f"accuracy {accuracy:.4f} is below the minimum {minimum:.4f}; not measured"
             return self._settle_unmeasured(study, store, trial, record, "rejected", reason, bar)
-        futures = {
-            d.name: executors[d.name].submit(self._measure, d, outcome.tflite_path) for d in self.devices
-        }
-        pending.append(_Pending(trial, record, outcome, futures))
+        future = executor.submit(self._measure, outcome.tflite_path)
+        pending.append(_Pending(trial, record, outcome, future))
         return True
 
     def _settle_unmeasured(self, study, store, trial, record: TrialRecord, state, reason: str, bar) -> bool:
@@ -335,20 +332,17 @@ class SearchRun:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return False
 
-    def _measure(self, device: Device, model_path: Path) -> Measurement:
-        if isinstance(device, LocalDevice):
-            with self.gate.exclusive():
-                return device.measure(model_path, self.settings, self.probe)
-        return device.measure(model_path, self.settings, self.probe)
+    def _measure(self, model_path: Path) -> FleetResult:
+        """One measurement per device class (the fleet retries within a class)."""
+        return self.fleet.measure(model_path, self.settings, self.probe)
 
     def _collect(self, study, store, pending: list[_Pending], *, block: bool, bar) -> int:
         """Finish the pending trials whose measurements are all in; returns how many."""
         if block and pending:
-            all_futures = [f for p in pending for f in p.futures.values()]
-            wait(all_futures, return_when=FIRST_COMPLETED)
+            wait([p.future for p in pending], return_when=FIRST_COMPLETED)
         finished = 0
         for item in list(pending):
-            if not all(f.done() for f in item.futures.values()):
+            if not item.future.done():
                 continue
             pending.remove(item)
             finished += 1
@@ -358,20 +352,20 @@ class SearchRun:
 
     def _finish(self, study, store, item: _Pending) -> None:
         record, outcome = item.record, item.outcome
-        measurements: list[Measurement] = []
-        errors = []
-        for name, future in item.futures.items():
-            try:
-                measurements.append(future.result())
-            except DeviceError as e:
-                errors.append(f"{name}: {e}")
-            except Exception as e:  # a runner bug must not take the search down
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-        record.measurements = [m.to_dict() for m in measurements]
+        try:
+            result = item.future.result()
+        except Exception as e:  # a device bug (not a DeviceError) must not take the search down
+            self._fail(study, store, item.trial, record, f"measurement failed: {type(e).__name__}: {e}")
+            return
+        measurements = result.measurements
+        record.measurements = [{**m.to_dict(), "device_class": c} for c, m in measurements.items()]
+        # retried attempts stay visible: which device failed, and why
+        record.flags.extend(f"retried:{f.line()}" for f in result.failures if measurements.get(f.device_class))
         if measurements:
-            record.timings_s["measure"] = sum(m.window_s for m in measurements)
-        if errors:
-            self._fail(study, store, item.trial, record, "measurement failed: " + "; ".join(errors))
+            record.timings_s["measure"] = sum(m.window_s for m in measurements.values())
+        if not result.ok:
+            lines = [line for lines in result.errors.values() for line in lines]
+            self._fail(study, store, item.trial, record, "measurement failed: " + "; ".join(lines))
             return
         record.metrics.update(measurement_metrics(measurements, outcome.estimate, self.config.measure.latency_aggregate))
         if self.config.mode == "score":
@@ -423,7 +417,11 @@ class SearchRun:
         )
         if needs_device:
             outcome = self.evaluator.train_and_lower(spec, model, cost, self.study_dir / "baseline", train=False)
-            measurements = [self._measure(d, outcome.tflite_path) for d in self.devices]
+            result = self._measure(outcome.tflite_path)
+            if not result.ok:
+                lines = [line for lines in result.errors.values() for line in lines]
+                raise HarnessError("cannot measure the int8 reference: " + "; ".join(lines))
+            measurements = result.measurements
             metrics.update(measurement_metrics(measurements, cost, self.config.measure.latency_aggregate))
         value = self._cost_of(metrics)
         if value is None or value <= 0:

@@ -419,7 +419,7 @@ def bad_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ({"reference": {"model": "missing/nope.keras"}}, ("nope.keras", "does not exist")),
         ({"data": {"dataset": "cifar"}}, ("unknown dataset 'cifar'",)),
         ({"search": {"layer": [{"match": "conv9", "kernel": ["fixed(4)"]}]}}, ("conv9", "matches no")),
-        ({"measure": {"devices": ["pixel9"]}}, ("pixel9", "unknown device")),
+        ({"measure": {"devices": ["pixel9"]}}, ("pixel9", "not in the inventory")),
     ],
     ids=["unknown-key", "unknown-quantizer", "unknown-sampler", "bad-type", "missing-model",
          "unknown-dataset", "rule-matches-nothing", "unknown-device"],
@@ -546,7 +546,7 @@ def test_measure_missing_file_is_exit_2(tmp_path: Path) -> None:
 def test_measure_unknown_device_is_exit_2(searched: Searched) -> None:
     ok(searched.result)
     model = next((searched.study_dir / "pareto").glob("*.tflite"))
-    assert_input_error(invoke(["measure", model, "--device", "pixel9", "--json"]), "pixel9", "unknown device")
+    assert_input_error(invoke(["measure", model, "--device", "pixel9", "--json"]), "pixel9", "not in the inventory")
 
 
 def test_measure_corrupt_model_is_exit_2(tmp_path: Path) -> None:
