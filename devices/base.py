@@ -61,6 +61,11 @@ class Measurement:
     ``output_checksum`` digests the model's output for the fixed probe input, so a device that
     answers wrongly can be told from one that answers fast; ``output_matches`` says whether it
     equals the host's digest for the same model and input (``None``: not compared).
+    With a meter, ``energy_mj_median`` is the median over the protocol's repeats of net energy
+    per inference, ``energy_mj_spread`` their spread, ``power_mw_mean`` the net power,
+    ``energy_window_s`` the configured minimum measured window, and ``energy_detail`` every
+    repeat's raw readings, baseline, temperatures and flags
+    (:meth:`devices.energy_protocol.EnergyResult.to_dict`).
     """
 
     device: str
@@ -75,12 +80,15 @@ class Measurement:
     energy_source: EnergySource = "none"
     output_checksum: str | None = None
     output_matches: bool | None = None
+    energy_window_s: float | None = None
+    energy_detail: Mapping[str, object] | None = None
     fingerprint: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["fingerprint"] = dict(self.fingerprint)
+        data["energy_detail"] = None if self.energy_detail is None else dict(self.energy_detail)
         data["notes"] = list(self.notes)
         return data
 

@@ -31,6 +31,7 @@ from typing import Literal
 from harness.errors import InputError
 from search.quantizers import UnknownQuantizerError, parse_scheme
 from devices.base import MeasureSettings
+from devices.energy_protocol import EnergyProtocol
 from search.samplers import SAMPLERS, check_sampler_available
 from search.scoring import ForgivingFactor
 from search.space import (
@@ -104,6 +105,7 @@ class SearchConfig:
     constraints: Constraints = field(default_factory=Constraints)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     lowering_tolerance: float = 0.02
+    energy: EnergyProtocol = field(default_factory=EnergyProtocol)
     accuracy_from: Literal["tflite", "keras"] = "tflite"
     results_dir: str = "results"
 
@@ -278,6 +280,8 @@ def config_from_mapping(
     )
     constraints.finish()
 
+    values["energy"] = _energy_protocol(_Section(root.get("energy", dict, {}), "[energy]"))
+
     lowering = _Section(root.get("lowering", dict, {}), "[lowering]")
     values["lowering_tolerance"] = lowering.get("accuracy_tolerance", float, defaults.lowering_tolerance)
     lowering.finish()
@@ -312,6 +316,24 @@ def config_from_mapping(
     measure.finish()
     root.finish()
     return SearchConfig(**values)  # type: ignore[arg-type]
+
+
+_ENERGY_KEYS: dict[str, type | tuple[type, ...]] = {
+    "min_window_s": float, "short_window_s": float, "repeats": int, "baseline_s": float,
+    "settle_s": float, "cool_down_to_c": float, "cool_down_timeout_s": float,
+    "cool_down_poll_s": float, "max_temp_c": float, "max_freq_drop": float,
+    "throttle_policy": str, "max_rejected": int, "refuse_charging": bool,
+}
+
+
+def _energy_protocol(section: _Section) -> EnergyProtocol:
+    """``[energy]``: how devices with a meter measure (devices.energy_protocol.EnergyProtocol)."""
+    values = {key: section.get(key, kind, None) for key, kind in _ENERGY_KEYS.items()}
+    section.finish()
+    try:
+        return EnergyProtocol(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
+    except ValueError as e:
+        raise InputError(f"[energy] {e}") from e
 
 
 def _space_options(search: _Section) -> SpaceOptions:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from devices.base import Device, HealthReport, MeasureSettings, Measurement
+from devices.energy_protocol import EnergyProtocol
 from devices.factory import make_device
 from devices.fleet import Fleet
 from devices.inventory import Inventory, InventoryError, load_inventory
@@ -38,15 +39,17 @@ def inventory_from(paths: Sequence[str | Path]) -> Inventory:
         raise InputError(str(e)) from e
 
 
-def open_devices(selectors: Sequence[str], inventory: Inventory, gate: HostCpuGate | None = None) -> list[Device]:
-    """Devices for ``selectors`` (names or ``tag:…``); nothing connects until first use."""
+def open_devices(selectors: Sequence[str], inventory: Inventory, gate: HostCpuGate | None = None,
+                 energy: EnergyProtocol | None = None) -> list[Device]:
+    """Devices for ``selectors`` (names or ``tag:…``); nothing connects until first use.
+    ``energy`` is the protocol devices with a meter follow."""
     if not selectors:
         raise InputError("[measure] devices: name at least one device (or 'local')")
     try:
         specs = inventory.select(selectors)
     except InventoryError as e:
         raise InputError(str(e)) from e
-    devices = [make_device(spec) for spec in specs]
+    devices = [make_device(spec, energy=energy) for spec in specs]
     if gate is not None:
         devices = [GatedLocalDevice(d, gate) if isinstance(d, LocalDevice) else d for d in devices]
     return devices

@@ -54,10 +54,11 @@ def host_metrics(outcome: HostOutcome, config: SearchConfig) -> dict[str, Metric
 def measurement_metrics(
     by_class: Mapping[str, Measurement], cost: Estimate, aggregate: str
 ) -> dict[str, Metric]:
-    """Latency (and energy when every class has a meter) per device class, and aggregated
-    over classes (``max`` or ``mean``) as the objective.
+    """Latency (and energy where a class has a meter) per device class, and aggregated over
+    classes (``max`` or ``mean``) as the objective.
 
-    Without a meter on every class, ``energy_mj`` falls back to the host estimate and says so.
+    ``energy_mj`` aggregates the metered classes (source measured, or simulated when any is);
+    with no meter anywhere it falls back to the host estimate and says so.
     """
     reduce = np.max if aggregate == "max" else np.mean
     measurements = list(by_class.values())
@@ -67,13 +68,15 @@ def measurement_metrics(
         metrics["latency_ms_p90"] = Metric(float(reduce([m.latency_ms_p90 for m in measurements])), "ms", "measured")
         for device_class, m in by_class.items():
             metrics[f"latency_ms.{device_class}"] = Metric(m.latency_ms_median, "ms", "measured")
-    energies = [m.energy_mj_median for m in measurements]
-    if measurements and all(e is not None for e in energies):
-        simulated = any(m.energy_source == "simulated" for m in measurements)
+    metered = {c: m for c, m in by_class.items() if m.energy_mj_median is not None}
+    for device_class, m in metered.items():
+        metrics[f"energy_mj.{device_class}"] = Metric(m.energy_mj_median, "mJ", m.energy_source)
+    if metered:
+        # the objective is what was measured: classes without a meter have no energy to add
+        simulated = any(m.energy_source == "simulated" for m in metered.values())
         source = "simulated" if simulated else "measured"
+        energies = [m.energy_mj_median for m in metered.values()]
         metrics["energy_mj"] = Metric(float(reduce(energies)), "mJ", source)  # type: ignore[arg-type]
-        for device_class, m in by_class.items():
-            metrics[f"energy_mj.{device_class}"] = Metric(m.energy_mj_median, "mJ", m.energy_source)
     else:
         metrics["energy_mj"] = estimated_energy_metric(cost)
     return metrics

@@ -133,7 +133,7 @@ class SearchRun:
         self.gate = HostCpuGate()
         if devices is None:
             inventory = inventory_from(config.measure.inventory)
-            devices = open_devices(config.measure.devices, inventory, self.gate)
+            devices = open_devices(config.measure.devices, inventory, self.gate, config.energy)
         self.devices: list[Device] = devices
         self.evaluator = CandidateEvaluator(self.reference, self.space, self.dataset, config, self.gate)
         self.settings = MeasureSettings(
@@ -413,7 +413,7 @@ class SearchRun:
         model, cost, _ = self.evaluator.build(spec)
         metrics = {**estimate_metrics(cost), "energy_mj": estimated_energy_metric(cost)}
         needs_device = self.config.score_cost == "latency" or (
-            self.config.score_cost == "energy" and all(d.has_energy_meter for d in self.devices)
+            self.config.score_cost == "energy" and any(d.has_energy_meter for d in self.devices)
         )
         if needs_device:
             outcome = self.evaluator.train_and_lower(spec, model, cost, self.study_dir / "baseline", train=False)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devices.base import MeasureSettings
+from devices.energy_protocol import EnergyProtocol
 from devices.inventory import DeviceSpec
 from devices.probe import output_digest
 from devices.remote.common import (
@@ -101,11 +102,12 @@ class AndroidDevice(RemoteDevice):
         DeviceError: from :meth:`measure` (see :mod:`devices.remote.common`).
     """
 
-    def __init__(self, spec: DeviceSpec, *, timeouts: RemoteTimeouts | None = None) -> None:
+    def __init__(self, spec: DeviceSpec, *, timeouts: RemoteTimeouts | None = None,
+                 energy: EnergyProtocol | None = None) -> None:
         if spec.transport != "adb":
             raise ValueError(f"device {spec.name!r}: AndroidDevice needs an adb device, got "
                              f"transport {spec.transport!r}")
-        super().__init__(spec, timeouts=timeouts)
+        super().__init__(spec, timeouts=timeouts, energy=energy)
 
     def _make_transport(self) -> Transport:
         adb = self.spec.adb

@@ -57,7 +57,15 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 import numpy as np
 
 from devices.base import Device, DeviceError, HealthReport, MeasureSettings, Measurement
+from devices.energy_protocol import EnergyProtocol, EnergyResult, measure_energy
 from devices.inventory import DeviceSpec
+from devices.meters.base import PowerMeter
+from devices.meters.factory import (
+    build_meter,
+    device_is_charging,
+    read_cpu_max_freqs_khz,
+    read_temperatures,
+)
 from devices.probe import dequantize, make_probe_input, output_digest
 from devices.runners.errors import RunnerError, RunnerOutputError
 from devices.transports import CommandResult, CommandTimeout, ConnectionLost, Transport
@@ -390,7 +398,8 @@ class RemoteDevice(Device):
         timeouts: Deadlines of the steps (default: :class:`RemoteTimeouts`).
     """
 
-    def __init__(self, spec: DeviceSpec, *, timeouts: RemoteTimeouts | None = None) -> None:
+    def __init__(self, spec: DeviceSpec, *, timeouts: RemoteTimeouts | None = None,
+                 energy: EnergyProtocol | None = None) -> None:
         if spec.connection is None:
             raise ValueError(f"device {spec.name!r}: a remote device needs a connection; "
                              "the host is LocalDevice")
@@ -400,13 +409,15 @@ class RemoteDevice(Device):
         self._transport: Transport | None = None
         self._references = HostReferenceCache()
         self._closed = False
+        self.energy_protocol = energy or EnergyProtocol()
+        self._meter: PowerMeter | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, transport={self.spec.transport!r})"
 
     @property
     def has_energy_meter(self) -> bool:
-        return False
+        return self.spec.meter is not None
 
     # -- the link -----------------------------------------------------------------------------
 
@@ -451,6 +462,9 @@ class RemoteDevice(Device):
 
     def close(self) -> None:
         self._closed = True
+        if self._meter is not None:
+            self._meter.close()
+            self._meter = None
         if self._transport is not None:
             self._transport.close()
 
@@ -465,10 +479,40 @@ class RemoteDevice(Device):
     def measure(
         self, model_path: Path, settings: MeasureSettings, probe_input: np.ndarray | None = None
     ) -> Measurement:
-        """Push, run once, remove: ``prepare`` → ``run_timed`` → ``to_measurement``."""
+        """Push, run once, remove: ``prepare`` → ``run_timed`` → ``to_measurement``.
+
+        With a meter in the inventory, the energy protocol (:mod:`devices.energy_protocol`)
+        then runs in the same run directory: the first run gives latency and the output check
+        (and proves the model runs before any energy window is spent on it).
+        """
         with self.prepare(model_path, probe_input) as prepared:
             run = self.run_timed(prepared, settings)
-        return self.to_measurement(prepared, run)
+            measurement = self.to_measurement(prepared, run)
+            if self.spec.meter is None:
+                return measurement
+            energy = self._measure_energy(prepared, settings)
+        notes = tuple(n for n in measurement.notes if n != NO_ENERGY_NOTE) + tuple(
+            f"energy: {flag}" for flag in energy.flags)
+        return dataclasses.replace(
+            measurement, energy_mj_median=energy.energy_mj_per_inference,
+            energy_mj_spread=energy.energy_mj_spread, power_mw_mean=_inference_power_mw(energy),
+            energy_source=energy.source, energy_window_s=energy.min_window_s,
+            energy_detail=energy.to_dict(), notes=notes)
+
+    def _measure_energy(self, prepared: PreparedRun, settings: MeasureSettings) -> EnergyResult:
+        """Net energy per inference of the prepared model, by the configured protocol."""
+        transport = self._link()
+        if self._meter is None:
+            assert self.spec.meter is not None
+            self._meter = build_meter(self.spec.meter, self.name, transport)
+        short = self.timeouts.command_s
+        zones = self.spec.thermal_zones
+        return measure_energy(
+            lambda s: self.run_timed(prepared, s), self._meter, self.settings_for(settings),
+            self.energy_protocol, device=self.name,
+            temperatures=(lambda: read_temperatures(transport, zones, short)) if zones else None,
+            charging=lambda: device_is_charging(transport, short),
+            cpu_freqs=lambda: read_cpu_max_freqs_khz(transport, short))
 
     def prepare(self, model_path: Path, probe_input: np.ndarray | None = None) -> PreparedRun:
         """A fresh run directory with the model, the runner and the probe pushed (sha256-checked).
@@ -692,6 +736,15 @@ class RemoteDevice(Device):
         if hottest is not None:
             facts["temp_c"] = f"{hottest:.1f}"
         return problems, facts
+
+
+def _inference_power_mw(energy: EnergyResult) -> float:
+    """Net power while inferring: the differenced energy over the differenced timed loop, median
+    over the accepted repeats (the window-wide means would dilute it with start-up and idle)."""
+    powers = [r.energy_mj_per_inference * (r.long_n - r.short_n) / (r.long_window_s - r.short_window_s)
+              for r in energy.records
+              if not r.rejected and r.long_window_s > r.short_window_s and math.isfinite(r.energy_mj_per_inference)]
+    return float(np.median(powers)) if powers else energy.power_mw_net_mean
 
 
 class _OutOfTime(Exception):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from devices.base import MeasureSettings
+from devices.energy_protocol import EnergyProtocol
 from devices.inventory import DeviceSpec
 from devices.remote.common import (
     HostReference,
@@ -50,11 +51,12 @@ class LinuxBoardDevice(RemoteDevice):
         DeviceError: from :meth:`measure` (see :mod:`devices.remote.common`).
     """
 
-    def __init__(self, spec: DeviceSpec, *, timeouts: RemoteTimeouts | None = None) -> None:
+    def __init__(self, spec: DeviceSpec, *, timeouts: RemoteTimeouts | None = None,
+                 energy: EnergyProtocol | None = None) -> None:
         if spec.transport != "ssh":
             raise ValueError(f"device {spec.name!r}: LinuxBoardDevice needs an ssh device, got "
                              f"transport {spec.transport!r}")
-        super().__init__(spec, timeouts=timeouts)
+        super().__init__(spec, timeouts=timeouts, energy=energy)
 
     def _make_transport(self) -> Transport:
         ssh = self.spec.ssh
