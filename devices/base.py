@@ -16,7 +16,12 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DeviceError", "MeasureSettings", "Measurement", "Device", "EnergySource", "HealthReport"]
+__all__ = ["DeviceError", "MeasureSettings", "Measurement", "Device", "EnergySource", "HealthReport",
+           "REACHABLE_FACT"]
+
+REACHABLE_FACT = "reachable"
+"""The :attr:`HealthReport.facts` key saying whether the device answered at all (``"true"`` /
+``"false"``): the fleet records a failing check of an unreachable device as *offline*."""
 
 EnergySource = Literal["measured", "simulated", "none"]
 

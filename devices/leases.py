@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from devices.base import DeviceError, HealthReport
+from devices.base import REACHABLE_FACT, DeviceError, HealthReport
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -72,7 +72,6 @@ DEVICE_STATES: tuple[DeviceStatus, ...] = (
     "available", "leased", "quarantined", "unhealthy", "offline", "unknown")
 """Every state :meth:`LeaseStore.states` reports, in no particular order."""
 
-REACHABLE_FACT = "reachable"
 """The :attr:`~devices.base.HealthReport.facts` key a device sets to ``"false"`` when it could
 not be reached at all; a failing check with it is recorded as *offline* rather than *unhealthy*."""
 

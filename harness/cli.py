@@ -176,6 +176,10 @@ def example_train(dataset: str, epochs: int | None) -> None:
     click.echo(str(path))
 
 
+from harness.device_commands import devices  # noqa: E402  (the devices group lives in its own module)
+cli.add_command(devices)
+
+
 def main() -> None:
     if os.environ.get("HARNESS_NATIVE_LOGS") != "1":  # set it to see TensorFlow's native logs
         from harness.native_noise import filter_native_stderr

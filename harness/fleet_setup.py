@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,9 +22,11 @@ from devices.fleet import Fleet
 from devices.inventory import Inventory, InventoryError, load_inventory
 from devices.leases import LeaseStore
 from devices.local import LocalDevice
-from harness.config import MeasureConfig
 from harness.errors import InputError
-from harness.host_gate import HostCpuGate
+
+if TYPE_CHECKING:  # both import Keras/TensorFlow; `harness devices list` must stay fast
+    from harness.config import MeasureConfig
+    from harness.host_gate import HostCpuGate
 
 __all__ = ["GatedLocalDevice", "inventory_from", "open_devices", "open_fleet", "RESULTS_DB"]
 

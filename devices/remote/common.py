@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 
-from devices.base import Device, DeviceError, HealthReport, MeasureSettings, Measurement
+from devices.base import REACHABLE_FACT, Device, DeviceError, HealthReport, MeasureSettings, Measurement
 from devices.energy_protocol import EnergyProtocol, EnergyResult, measure_energy
 from devices.inventory import DeviceSpec
 from devices.meters.base import PowerMeter
@@ -668,7 +668,9 @@ class RemoteDevice(Device):
             self._call(lambda t: t.run("true", timeout_s=min(limits.timeout_s, self.timeouts.command_s)),
                        retry_lost=True)
         except DeviceError as e:
+            facts[REACHABLE_FACT] = "false"
             return HealthReport(self.name, (f"unreachable: {e}",), facts)
+        facts[REACHABLE_FACT] = "true"
 
         def left(step: str) -> float:
             remaining = deadline - time.monotonic()
