@@ -106,11 +106,16 @@ def search(config_path: Path | None, trials, sampler, study, results_dir, device
 @click.option("--warmup-runs", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--min-runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--energy-window-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Devices with a meter: the minimum measured (differenced) window per repeat.")
+@click.option("--energy-repeats", type=click.IntRange(min=3), default=3, show_default=True,
+              help="Devices with a meter: repeats of the energy protocol (median and MAD).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def measure(model_path: Path, device_name: str, inventory, results_dir: Path, threads, warmup_runs,
-            min_seconds, min_runs, as_json) -> None:
+            min_seconds, min_runs, energy_window_s, energy_repeats, as_json) -> None:
     """Measure MODEL_PATH (.tflite) on one device (leased, health-checked, like a search does)."""
     from devices.base import MeasureSettings
+    from devices.energy_protocol import EnergyProtocol
     from harness.config import MeasureConfig
     from harness.fleet_setup import inventory_from, open_devices, open_fleet
 
@@ -121,7 +126,8 @@ def measure(model_path: Path, device_name: str, inventory, results_dir: Path, th
             raise InputError(f"model {model_path}: not a .tflite file (no TFL3 identifier)")
     if device_name.startswith("tag:"):
         raise InputError(f"--device {device_name}: name one device, not a tag")
-    devices = open_devices([device_name], inventory_from(inventory))
+    energy = EnergyProtocol(min_window_s=energy_window_s, repeats=energy_repeats)
+    devices = open_devices([device_name], inventory_from(inventory), energy=energy)
     settings = MeasureSettings(threads=threads, warmup_runs=warmup_runs, min_seconds=min_seconds, min_runs=min_runs)
     # no retry: the user asked for this device, and a failure should say so at once
     fleet, store = open_fleet(devices, results_dir, MeasureConfig(retries=0))

@@ -78,3 +78,23 @@ def test_measure_of_an_unreachable_board_is_a_one_line_failure(model: Path, tmp_
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "gone" in lines[0]
+
+
+def test_measure_json_fills_energy_for_a_board_with_a_meter(board: SshdPeer, model: Path, tmp_path: Path) -> None:
+    """A ``simulated`` meter (dry runs without hardware): energy filled, and labelled so."""
+    inventory = tmp_path / "lab.toml"
+    inventory.write_text(
+        f'[devices.pi]\ntransport = "ssh"\nhost = "{board.host}"\nport = {board.port}\n'
+        f'user = "{board.user}"\nkey_file = "{board.client_key}"\nknown_hosts = "{board.known_hosts}"\n'
+        f'python = "{sys.executable}"\nworkdir = "{tmp_path / "wd"}"\ntags = ["pi5"]\n'
+        'meter = { kind = "simulated", idle_mw = 500.0, active_mw = 2000.0 }\n')
+
+    result = invoke(["measure", model, "--device", "pi", "--inventory", inventory, "--results-dir",
+                     tmp_path / "results", "--min-seconds", "0.05", "--min-runs", "5",
+                     "--energy-window-s", "0.3", "--json"])
+
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["energy_source"] == "simulated" and data["energy_window_s"] == 0.3
+    assert data["energy_mj_median"] > 0 and data["energy_mj_spread"] is not None
+    assert data["energy_detail"]["repeats"] == 3 and data["energy_detail"]["source"] == "simulated"
