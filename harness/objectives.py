@@ -9,6 +9,7 @@ import numpy as np
 from devices.base import Measurement
 from harness.config import SearchConfig
 from harness.evaluate import PJ_PER_MJ, HostOutcome
+from results.calibration import macs_by_precision
 from results.records import Metric
 from search.estimates import Estimate
 
@@ -25,13 +26,19 @@ OBJECTIVE_METRIC = {
 
 
 def estimate_metrics(cost: Estimate) -> dict[str, Metric]:
-    return {
+    """The host estimate's metrics, including MACs per precision class (``macs.binary``,
+    ``macs.low``, ``macs.int8``, ``macs.wide``, ``macs.float``; see
+    :func:`results.calibration.precision_class`), the features of the energy calibration."""
+    metrics = {
         "energy_pj_estimated": Metric(float(cost.energy_pj), "pJ", "estimated"),
         "bops": Metric(float(cost.bops), "bit-ops", "estimated"),
         "macs": Metric(float(cost.macs), "MACs", "estimated"),
         "param_bits": Metric(float(cost.param_bits), "bits", "estimated"),
         "model_bytes_estimated": Metric(float(cost.model_bytes), "bytes", "estimated"),
     }
+    for name, macs in macs_by_precision(cost.layers).items():
+        metrics[name] = Metric(float(macs), "MACs", "estimated")
+    return metrics
 
 
 def estimated_energy_metric(cost: Estimate) -> Metric:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -11,12 +11,16 @@ import pandas as pd
 from harness.errors import InputError
 from harness.objectives import OBJECTIVE_METRIC
 from harness.search_loop import copy_pareto_artifacts, study_storage_url
+from results.calibration import Calibration, CalibrationError, calibrate, measured_classes
 from results.export import export_study, to_frame
 from results.pareto import pareto_front
-from results.plots import plot_pareto
+from results.plots import plot_estimate_vs_measured, plot_pareto
 from results.store import ResultsStore
 
-__all__ = ["StudyReport", "build_report"]
+__all__ = ["CALIBRATION_PLOT", "StudyReport", "build_report"]
+
+#: File name, in the study's results directory, of the estimate-vs-measurement plot.
+CALIBRATION_PLOT = "estimate_vs_measured.png"
 
 _TABLE_COLUMNS = (
     "trial_number", "label", "accuracy", "keras_accuracy", "energy_mj", "energy_mj_source",
@@ -26,6 +30,13 @@ _TABLE_COLUMNS = (
 
 @dataclass(frozen=True)
 class StudyReport:
+    """What :func:`build_report` made.
+
+    ``calibrations``, ``calibration_text`` and ``calibration_plot_path`` are the estimate vs
+    measurement section: empty (and no plot) when no device class measured energy.
+    ``calibration_text`` also names the classes with too few trials to fit.
+    """
+
     study: str
     objectives: dict[str, str]  # metric column -> direction
     front: pd.DataFrame
@@ -34,6 +45,9 @@ class StudyReport:
     parquet_path: Path
     plot_path: Path | None
     kept: tuple[Path, ...]
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
+    calibration_text: str = ""
+    calibration_plot_path: Path | None = None
 
 
 def _objectives(results_dir: Path, study_name: str) -> dict[str, str]:
@@ -50,7 +64,9 @@ def _objectives(results_dir: Path, study_name: str) -> dict[str, str]:
 
 
 def build_report(results_dir: str | Path, study_name: str) -> StudyReport:
-    """Export the study and compute its Pareto front.
+    """Export the study, compute its Pareto front and, when devices measured energy, compare
+    the host estimate with the measurements (:mod:`results.calibration`; plot
+    ``<study>/estimate_vs_measured.png``).
 
     Raises:
         InputError: no results store under ``results_dir`` or no trial of ``study_name``.
@@ -85,7 +101,35 @@ def build_report(results_dir: str | Path, study_name: str) -> StudyReport:
     columns = [c for c in (*_TABLE_COLUMNS, "energy_vs_int8_pct") if c in front.columns]
     columns = [c if c in front.columns else f"param_{c}" for c in columns]
     table = front[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(front) else "(empty)"
-    return StudyReport(study_name, objectives, front, table, csv_path, parquet_path, plot_path, tuple(kept))
+    calibrations, calibration_text = _calibrations(frame)
+    calibration_plot = None
+    if calibrations:
+        calibration_plot = plot_estimate_vs_measured(
+            calibrations, study_dir / CALIBRATION_PLOT,
+            title=f"{study_name}: host estimate vs measured energy per inference",
+        )
+    return StudyReport(
+        study_name, objectives, front, table, csv_path, parquet_path, plot_path, tuple(kept),
+        calibrations, calibration_text, calibration_plot,
+    )
+
+
+def _calibrations(frame: pd.DataFrame) -> tuple[dict[str, Calibration], str]:
+    """Per device class with measured (or simulated) energy: its calibration, and the
+    section's text ("" when no class measured energy)."""
+    classes = measured_classes(frame)
+    if not classes:
+        return {}, ""
+    calibrations: dict[str, Calibration] = {}
+    lines = ["Estimate vs measurement (energy per inference, per device class):"]
+    for cls in classes:
+        try:
+            calibrations[cls] = calibrate(frame, cls)
+        except CalibrationError as e:
+            lines.append(str(e))
+            continue
+        lines.append(calibrations[cls].summary())
+    return calibrations, "\n".join(lines)
 
 
 def _with_reduction(front: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

@@ -20,11 +20,19 @@ from results.pareto import Direction, pareto_front
 from results.records import ResultsError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from os import PathLike
 
     from matplotlib.axes import Axes
 
-__all__ = ["pareto_figure", "plot_pareto"]
+    from results.calibration import Calibration
+
+__all__ = [
+    "estimate_vs_measured_figure",
+    "pareto_figure",
+    "plot_estimate_vs_measured",
+    "plot_pareto",
+]
 
 #: Labels of the trials annotated on every plot, with the text shown beside them.
 _ANNOTATED = {"reference": "reference (float)", "int8": "uniform int8"}
@@ -64,7 +72,11 @@ def plot_pareto(
     fig = pareto_figure(
         frame, x, y, directions=directions, x_unit=x_unit, y_unit=y_unit, title=title
     )
-    out_path = Path(out_path)
+    return _save_png(fig, Path(out_path), dpi)
+
+
+def _save_png(fig: Figure, out_path: Path, dpi: int) -> Path:
+    """Write ``fig`` as a PNG through a temporary file renamed over ``out_path``."""
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -170,3 +182,93 @@ def _source_note(complete: pd.DataFrame, columns: tuple[str, str]) -> str:
             if sources:
                 parts.append(f"{column}: some values {'/'.join(sources)}, not measured")
     return "; ".join(parts)
+
+
+def plot_estimate_vs_measured(
+    calibrations: Mapping[str, Calibration],
+    out_path: str | PathLike[str],
+    *,
+    title: str | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Draw :func:`estimate_vs_measured_figure` and write it as a PNG to ``out_path``.
+
+    Written like :func:`plot_pareto` (temporary file renamed over ``out_path``).
+
+    Raises:
+        ResultsError: As for :func:`estimate_vs_measured_figure`, a non-positive ``dpi``, or
+            the file cannot be written.
+    """
+    if dpi <= 0:
+        raise ResultsError(f"dpi must be positive, got {dpi!r}")
+    return _save_png(estimate_vs_measured_figure(calibrations, title=title), Path(out_path), dpi)
+
+
+def estimate_vs_measured_figure(
+    calibrations: Mapping[str, Calibration], *, title: str | None = None
+) -> Figure:
+    """Per device class (one row each): the host estimate against the measured energy, and
+    the calibrated fit's held-out prediction against it.
+
+    Left panel: estimate (pJ) vs measured (mJ), titled with Spearman's rho and n. Right panel:
+    held-out prediction vs measured (both mJ) with the line ``predicted = measured``, titled
+    with the fit's median and p90 error. Axes are logarithmic when every value is positive.
+    A class calibrated on a simulated meter says so in red.
+
+    Args:
+        calibrations: Device class to its :class:`~results.calibration.Calibration`.
+        title: Title of the figure; none by default.
+
+    Returns:
+        A figure attached to an Agg canvas (not registered with pyplot).
+
+    Raises:
+        ResultsError: ``calibrations`` is empty.
+    """
+    if not calibrations:
+        raise ResultsError("no calibration to plot")
+    fig = Figure(figsize=(10.0, 4.0 * len(calibrations)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(calibrations), 2, squeeze=False)
+    for (cls, cal), (left, right) in zip(calibrations.items(), axes):
+        measured = np.asarray(cal.measured_mj, dtype=float)
+        estimated = np.asarray(cal.estimated_pj, dtype=float)
+        predicted = np.asarray(cal.predicted_mj, dtype=float)
+        simulated = cal.source == "simulated"
+        colour = "tab:red" if simulated else "tab:blue"
+        what = "simulated meter" if simulated else "measured"
+
+        left.scatter(estimated, measured, s=18, color=colour, zorder=2)
+        left.set_xlabel("host estimate [pJ]")
+        left.set_ylabel(f"{cls}: {what} [mJ]")
+        left.set_title(f"{cls}: Spearman rho = {cal.spearman:.3f}, n = {cal.n}")
+        _log_if_positive(left, estimated, measured)
+
+        right.scatter(predicted, measured, s=18, color=colour, zorder=2)
+        both = np.concatenate([predicted, measured])
+        lo, hi = float(both.min()), float(both.max())
+        right.plot([lo, hi], [lo, hi], linestyle="--", color="0.5", label="predicted = measured")
+        right.set_xlabel(f"fit, held out ({cal.error_method}) [mJ]")
+        right.set_ylabel(f"{cls}: {what} [mJ]")
+        right.set_title(
+            f"median |error| {cal.error_pct:.1f}%, p90 {cal.error_pct_p90:.1f}%"
+        )
+        right.legend(loc="best", fontsize="small")
+        _log_if_positive(right, predicted, measured)
+        for ax in (left, right):
+            ax.grid(True, alpha=0.3)
+            if simulated:
+                ax.text(
+                    0.02, 0.98, "simulated meter: not a real figure", transform=ax.transAxes,
+                    va="top", fontsize="small", color="tab:red",
+                )  # fmt: skip
+    if title is not None:
+        fig.suptitle(title)
+    return fig
+
+
+def _log_if_positive(ax: Axes, xs: np.ndarray, ys: np.ndarray) -> None:
+    if len(xs) and (xs > 0).all():
+        ax.set_xscale("log")
+    if len(ys) and (ys > 0).all():
+        ax.set_yscale("log")
