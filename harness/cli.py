@@ -92,6 +92,10 @@ def search(config_path: Path | None, trials, sampler, study, results_dir, device
     click.echo(f"trials: {report.csv_path} and {report.parquet_path.name}")
     if report.plot_path is not None:
         click.echo(f"plot: {report.plot_path}")
+    if report.calibration_text:
+        click.echo(report.calibration_text)
+    if report.calibration_plot_path is not None:
+        click.echo(f"estimate vs measurement: {report.calibration_plot_path}")
     click.echo(f"Pareto models: {report.csv_path.parent / 'pareto'} ({len(report.kept)} files)")
 
 
@@ -164,6 +168,10 @@ def report(study: str, results_dir: Path) -> None:
     click.echo(f"trials: {result.csv_path} and {result.parquet_path.name}")
     if result.plot_path is not None:
         click.echo(f"plot: {result.plot_path}")
+    if result.calibration_text:
+        click.echo(result.calibration_text)
+    if result.calibration_plot_path is not None:
+        click.echo(f"estimate vs measurement: {result.calibration_plot_path}")
 
 
 @cli.group()

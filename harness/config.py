@@ -81,6 +81,8 @@ class MeasureConfig:
     retries: int = 2
     quarantine_after: int = 3
     lease_ttl_s: float = 120.0
+    prescreen: bool = False
+    prescreen_margin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,8 @@ def config_from_mapping(
         retries=measure.get("retries", int, defaults.measure.retries),  # type: ignore[arg-type]
         quarantine_after=measure.get("quarantine_after", int, defaults.measure.quarantine_after),  # type: ignore[arg-type]
         lease_ttl_s=measure.get("lease_ttl_s", float, defaults.measure.lease_ttl_s),  # type: ignore[arg-type]
+        prescreen=measure.get("prescreen", bool, defaults.measure.prescreen),  # type: ignore[arg-type]
+        prescreen_margin=measure.get("prescreen_margin", float, None),  # type: ignore[arg-type]
     )
     if values["measure"].latency_aggregate not in ("max", "mean"):  # type: ignore[attr-defined]
         raise InputError("[measure] latency_aggregate: expected 'max' or 'mean'")
@@ -306,6 +310,9 @@ def config_from_mapping(
         raise InputError("[measure] retries: expected a whole number >= 0")
     if values["measure"].quarantine_after < 1:  # type: ignore[attr-defined]
         raise InputError("[measure] quarantine_after: expected a whole number >= 1")
+    margin = values["measure"].prescreen_margin  # type: ignore[attr-defined]
+    if margin is not None and not margin >= 0:
+        raise InputError("[measure] prescreen_margin: expected a fraction >= 0 (0.2 = 20 %)")
     if not values["measure"].lease_ttl_s >= 5:  # type: ignore[attr-defined]
         raise InputError("[measure] lease_ttl_s: expected a number of seconds >= 5")
     chosen = values["measure"]

@@ -45,6 +45,14 @@ from harness.objectives import (
     objective_values,
 )
 from harness.reference import load_reference
+from results.calibration import (
+    Calibration,
+    CalibrationError,
+    FrontPoint,
+    calibrate_all,
+    front_points,
+    prescreen,
+)
 from results.records import Artifact, Metric, TrialRecord
 from results.store import ResultsStore
 from search.candidate import CandidateSpec
@@ -56,6 +64,7 @@ __all__ = ["SearchRun", "SearchSummary", "open_study", "study_storage_url"]
 
 log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 5
+PRESCREEN_REFIT_EVERY = 5  # measured trials between refits of the pre-screen's energy models
 
 
 def study_storage_url(results_dir: Path) -> str:
@@ -142,6 +151,9 @@ class SearchRun:
         )
         self.probe = self.dataset.x_val[:1]
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._calibrations: dict[str, Calibration] = {}  # the pre-screen's, by device class
+        self._fronts: dict[str, list[FrontPoint]] = {}
+        self._measured_since_fit = 0
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -150,6 +162,8 @@ class SearchRun:
         with ResultsStore(self.results_dir / "harness.sqlite") as store:
             self._recover(study, store)
             self._seed(study)
+            if self.config.measure.prescreen:
+                self._refit(store)  # a resumed study pre-screens from its first new trial
             self.fleet, lease_store = open_fleet(self.devices, self.results_dir, self.config.measure)
             # one worker per device of the largest class keeps every device of it busy
             widest = max(len(names) for names in self.fleet.classes.values())
@@ -310,6 +324,9 @@ class SearchRun:
         if minimum is not None and accuracy is not None and accuracy < minimum:
             reason = f"accuracy {accuracy:.4f} is below the minimum {minimum:.4f}; not measured"
             return self._settle_unmeasured(study, store, trial, record, "rejected", reason, bar)
+        reason = self._prescreen(record, label)
+        if reason is not None:
+            return self._settle_unmeasured(study, store, trial, record, "rejected", reason, bar)
         future = executor.submit(self._measure, outcome.tflite_path)
         pending.append(_Pending(trial, record, outcome, future))
         return True
@@ -383,6 +400,43 @@ class SearchRun:
             item.trial.set_constraint(metric, value - limit)  # feasible when <= 0
         study.tell(item.trial, values)
         self._consecutive_failures = 0
+        self._measured_since_fit += 1
+        if self.config.measure.prescreen and self._measured_since_fit >= PRESCREEN_REFIT_EVERY:
+            self._refit(store)
+
+    # -- pre-screen (calibrated energy model) --------------------------------------------
+    def _refit(self, store: ResultsStore) -> None:
+        """Fit each device class's energy model to the trials measured so far."""
+        records = store.records(self.config.study)
+        self._calibrations = calibrate_all(records)
+        self._fronts = {c: front_points(records, c, source=cal.source) for c, cal in self._calibrations.items()}
+        self._measured_since_fit = 0
+
+    def _prescreen(self, record: TrialRecord, label: str) -> str | None:
+        """Why a trained candidate is not sent to the devices, or ``None`` to send it.
+
+        Only with ``[measure] prescreen`` and a calibration for every device class; a candidate
+        is held back only when its predicted energy, with the fit's error in its favour, is
+        dominated on every class. Predictions are recorded either way.
+        """
+        if not self.config.measure.prescreen or label in ("reference", "int8"):
+            return None
+        if not self._calibrations or set(self._calibrations) != set(self.fleet.classes):
+            return None
+        verdicts = []
+        for device_class, calibration in self._calibrations.items():
+            try:
+                features = calibration.features(record.metrics)
+            except CalibrationError:
+                return None
+            record.metrics[f"energy_mj_predicted.{device_class}"] = Metric(
+                float(calibration.predict(features)), "mJ", "estimated")
+            verdicts.append(prescreen(calibration, features, self._fronts.get(device_class, []),
+                                      accuracy=record.metric_value("accuracy"),
+                                      margin=self.config.measure.prescreen_margin))
+        if any(send for send, _ in verdicts):
+            return None
+        return "prescreen: " + "; ".join(reason for _, reason in verdicts)
 
     def _limit_excess(self, record: TrialRecord) -> dict[str, tuple[float, float]]:
         """(value, limit) of each limit that can only be judged after measuring."""

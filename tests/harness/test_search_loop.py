@@ -198,3 +198,26 @@ def test_a_device_that_always_fails_stops_the_search(
     records = records_of(config)
     assert records and all(r.state == "failed" for r in records)
     assert all("measurement failed: flaky" in (r.error or "") for r in records)
+
+
+def test_prescreen_keeps_clearly_dominated_candidates_off_the_devices(tiny_reference: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every candidate measures the same energy here, so once the energy model is fitted, any
+    candidate less accurate than the best measured one is dominated and is not sent."""
+    monkeypatch.setattr(search_loop, "PRESCREEN_REFIT_EVERY", 1)
+    config = make(tiny_reference, tmp_path / "results", {
+        "search": {"study": "prescreen", "trials": 16, "sampler": "random", "in_flight": 1},
+        "measure": {"prescreen": True, "prescreen_margin": 0.0},
+    })
+    device = FakeDevice("bench", energy_mj=0.5, latency_ms=2.0)
+    summary = SearchRun(config, progress=False, devices=[device]).run()  # type: ignore[list-item]
+    records = records_of(config)
+    held_back = [r for r in records if (r.error or "").startswith("prescreen:")]
+    assert summary.finished == 16 and held_back, summary.counts
+    assert device.calls == 16 - len(held_back) - sum(1 for r in records if "reused:" in " ".join(r.flags))
+    best = max(r.metric_value("accuracy") for r in records if r.state == "complete")
+    for record in held_back:
+        assert record.state == "rejected" and not record.measurements
+        assert record.metric_value("accuracy") < best
+        assert record.metrics["energy_mj_predicted.bench"].value == pytest.approx(0.5, rel=0.05)
+        assert "dominated by trial" in (record.error or "")
