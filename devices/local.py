@@ -19,14 +19,13 @@ import importlib.metadata
 import os
 import platform
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from devices.base import Device, DeviceError, MeasureSettings, Measurement
-from devices.probe import dequantize, make_probe_input, output_digest
+from devices.probe import dequantize, fit_probe, output_digest
 
 if TYPE_CHECKING:
     from ai_edge_litert.interpreter import Interpreter
@@ -75,7 +74,7 @@ class LocalDevice(Device):
             if len(inp) != 1 or not out:
                 raise DeviceError(f"device 'local': {path} has {len(inp)} inputs and {len(out)} "
                                   "outputs; only single-input models are measured")
-            x = self._fit_probe(interpreter, inp[0], probe_input, path)
+            x = fit_probe(self.name, path, interpreter, inp[0], probe_input)
             interpreter.set_tensor(inp[0]["index"], x)
             durations_ns, window_ns = self._time(interpreter, settings, path)
             output = dequantize(interpreter.get_tensor(out[0]["index"]), out[0])
@@ -119,40 +118,6 @@ class LocalDevice(Device):
         except (RuntimeError, ValueError) as e:
             raise DeviceError(f"device 'local': LiteRT cannot load {path}: {_one_line(e)}") from e
         return interpreter
-
-    @staticmethod
-    def _fit_probe(
-        interpreter: Interpreter, detail: Mapping[str, object], probe: np.ndarray | None, path: Path
-    ) -> np.ndarray:
-        """The probe as the input tensor wants it: shape checked, dtype cast or quantized."""
-        shape = tuple(int(d) for d in detail["shape"])  # type: ignore[attr-defined]
-        dtype = np.dtype(detail["dtype"])  # type: ignore[call-overload]
-        if probe is None:
-            return make_probe_input(shape, dtype)
-        x = np.asarray(probe)
-        if x.shape != shape:
-            signature = tuple(int(d) for d in detail["shape_signature"])  # type: ignore[attr-defined]
-            fits = len(signature) == x.ndim and all(s in (-1, d) for s, d in zip(signature, x.shape))
-            if not fits:
-                raise DeviceError(f"device 'local': probe input of shape {x.shape} does not fit the "
-                                  f"input {shape} of {path}")
-            try:
-                interpreter.resize_tensor_input(detail["index"], list(x.shape))  # type: ignore[arg-type]
-                interpreter.allocate_tensors()
-            except (RuntimeError, ValueError) as e:
-                raise DeviceError(f"device 'local': cannot resize the input of {path} to "
-                                  f"{x.shape}: {_one_line(e)}") from e
-        if dtype.kind in "iu" and x.dtype.kind == "f":
-            scale, zero_point = detail["quantization"]  # type: ignore[misc]
-            if not scale:
-                raise DeviceError(f"device 'local': {path} takes {dtype} without quantization "
-                                  "parameters; give an integer probe input")
-            info = np.iinfo(dtype)
-            return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-        if x.dtype.kind != dtype.kind and not (x.dtype.kind in "iu" and dtype.kind in "iu"):
-            raise DeviceError(f"device 'local': probe input of dtype {x.dtype} for the {dtype} "
-                              f"input of {path}")
-        return x.astype(dtype, copy=False)
 
     @staticmethod
     def _time(interpreter: Interpreter, settings: MeasureSettings, path: Path) -> tuple[list[int], int]:

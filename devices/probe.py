@@ -20,10 +20,18 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["DIGEST_VERSION", "SIGNIFICANT_DIGITS", "output_digest", "make_probe_input", "dequantize"]
+from devices.base import DeviceError
+
+if TYPE_CHECKING:
+    from ai_edge_litert.interpreter import Interpreter
+
+__all__ = ["DIGEST_VERSION", "SIGNIFICANT_DIGITS", "output_digest", "make_probe_input", "dequantize",
+           "fit_probe"]
 
 DIGEST_VERSION = "v1"
 SIGNIFICANT_DIGITS = 3
@@ -98,3 +106,39 @@ def dequantize(values: np.ndarray, detail: Mapping[str, object]) -> np.ndarray:
     if array.dtype.kind in "iu" and scale:
         return ((array.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
     return array.astype(np.float32)
+
+
+def fit_probe(device: str, path: Path, interpreter: Interpreter, detail: Mapping[str, object],
+              probe: np.ndarray | None) -> np.ndarray:
+    """The probe as the input tensor takes it (the host's rules, which ``litert_runner.py``
+    repeats on boards): no probe is the shared default probe; another batch size resizes a
+    dynamic input; a float probe for an integer input is quantized; other dtypes are cast.
+
+    Raises:
+        DeviceError: the shape does not fit, or the dtype cannot be converted.
+    """
+    shape = tuple(int(d) for d in detail["shape"])  # type: ignore[attr-defined]
+    dtype = np.dtype(detail["dtype"])  # type: ignore[call-overload]
+    if probe is None:
+        return make_probe_input(shape, dtype)
+    x = np.asarray(probe)
+    where = f"device {device!r}: probe input for {path}"
+    if x.shape != shape:
+        signature = tuple(int(d) for d in detail["shape_signature"])  # type: ignore[attr-defined]
+        if len(signature) != x.ndim or not all(s in (-1, d) for s, d in zip(signature, x.shape)):
+            raise DeviceError(f"{where}: shape {x.shape} does not fit the model's input {shape}")
+        try:
+            interpreter.resize_tensor_input(detail["index"], list(x.shape))  # type: ignore[arg-type]
+            interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as e:
+            raise DeviceError(f"{where}: cannot resize the input to {x.shape}: {' '.join(str(e).split())[:300]}") from e
+    if dtype.kind in "iu" and x.dtype.kind == "f":
+        scale, zero_point = detail["quantization"]  # type: ignore[misc]
+        if not scale:
+            raise DeviceError(f"{where}: the model takes {dtype} without quantization parameters; "
+                              "give an integer probe")
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    if x.dtype.kind != dtype.kind and not (x.dtype.kind in "iu" and dtype.kind in "iu"):
+        raise DeviceError(f"{where}: dtype {x.dtype} for the model's {dtype} input")
+    return np.ascontiguousarray(x.astype(dtype, copy=False))

@@ -66,7 +66,7 @@ from devices.meters.factory import (
     read_cpu_max_freqs_khz,
     read_temperatures,
 )
-from devices.probe import dequantize, make_probe_input, output_digest
+from devices.probe import dequantize, fit_probe, make_probe_input, output_digest
 from devices.runners.errors import RunnerError, RunnerOutputError
 from devices.transports import CommandResult, CommandTimeout, ConnectionLost, Transport
 
@@ -273,42 +273,6 @@ def _compute_reference(device: str, path: Path, data: bytes, sha256: str,
                          input=TensorInfo.from_detail(interpreter.get_input_details()[0]),
                          output=TensorInfo.from_detail(output), probe=x,
                          expected_checksum=output_digest(y))
-
-
-def fit_probe(device: str, path: Path, interpreter: Interpreter, detail: Mapping[str, object],
-              probe: np.ndarray | None) -> np.ndarray:
-    """The probe as the input tensor takes it, by the rules of ``devices.local`` and
-    ``litert_runner.py``: no probe is the shared default probe; another batch size resizes a
-    dynamic input; a float probe for an integer input is quantized; other dtypes are cast.
-
-    Raises:
-        DeviceError: the shape does not fit, or the dtype cannot be converted.
-    """
-    shape = tuple(int(d) for d in detail["shape"])  # type: ignore[attr-defined]
-    dtype = np.dtype(detail["dtype"])  # type: ignore[call-overload]
-    if probe is None:
-        return make_probe_input(shape, dtype)
-    x = np.asarray(probe)
-    where = f"device {device!r}: probe input for {path}"
-    if x.shape != shape:
-        signature = tuple(int(d) for d in detail["shape_signature"])  # type: ignore[attr-defined]
-        if len(signature) != x.ndim or not all(s in (-1, d) for s, d in zip(signature, x.shape)):
-            raise DeviceError(f"{where}: shape {x.shape} does not fit the model's input {shape}")
-        try:
-            interpreter.resize_tensor_input(detail["index"], list(x.shape))  # type: ignore[arg-type]
-            interpreter.allocate_tensors()
-        except (RuntimeError, ValueError) as e:
-            raise DeviceError(f"{where}: cannot resize the input to {x.shape}: {_one_line(e)}") from e
-    if dtype.kind in "iu" and x.dtype.kind == "f":
-        scale, zero_point = detail["quantization"]  # type: ignore[misc]
-        if not scale:
-            raise DeviceError(f"{where}: the model takes {dtype} without quantization parameters; "
-                              "give an integer probe")
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-    if x.dtype.kind != dtype.kind and not (x.dtype.kind in "iu" and dtype.kind in "iu"):
-        raise DeviceError(f"{where}: dtype {x.dtype} for the model's {dtype} input")
-    return np.ascontiguousarray(x.astype(dtype, copy=False))
 
 
 # --- one measurement, in steps ----------------------------------------------------------------

@@ -165,7 +165,8 @@ def test_faults_end_in_a_clear_device_error(
     start = time.monotonic()
     with AndroidDevice(phone_spec(adbd_peer, adb_server, binary), timeouts=HANG_TIMEOUTS) as device:
         with pytest.raises(error) as info:
-            device.measure(tiny_model, FAST)
+            # the drop comes 0.3 s after the command starts: make sure it is still running then
+            device.measure(tiny_model, dataclasses.replace(FAST, min_seconds=2.0) if fault == "drop" else FAST)
         elapsed = time.monotonic() - start
         message = str(info.value)
         assert expected in message and "'phone-test'" in message and "\n" not in message, message
