@@ -514,7 +514,7 @@ def shared_prefixes(runs: list[dict]) -> list[tuple[int, str, str, int]]:
 
 def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall_s: float, load: tuple) -> None:
     from harness.config import SearchConfig
-    from results.export import atomic_path
+    from bench.results_file import write_section
 
     defaults = SearchConfig()
     gaps = not_run(args, defaults)
@@ -758,9 +758,7 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
         add(f"- `{shown}`: first started {r.get('started') or 'unknown'}, {r['section3']['segments']} invocation(s); "
             f"1-min load average at start → end of each: {loads or 'unknown'}")
     add("")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output) as tmp:
-        tmp.write_text("\n".join(lines))
+    write_section(args.output, "search-bench", "\n".join(lines))  # other benchmarks keep their sections
 
 
 # --- main ---------------------------------------------------------------------------------------------
