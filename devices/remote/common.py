@@ -772,7 +772,21 @@ def key_value_script(commands: Mapping[str, str]) -> str:
     return "; ".join(parts)
 
 
+_HOST_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: Path) -> str:
+    """The file's sha256; remembered by (path, size, mtime) so a runner binary of many MB is not
+    hashed again for every measurement (a rebuilt binary changes its mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    known = _HOST_DIGESTS.get(key)
+    if known is None:
+        known = _HOST_DIGESTS[key] = _hash_file(path)
+    return known
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
