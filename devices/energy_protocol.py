@@ -391,6 +391,7 @@ class _Session:
         self.short_settings = dataclasses.replace(settings, min_seconds=protocol.short_s,
                                                   min_runs=1)
         self.settings = settings
+        self.short_window_estimate_s: float | None = None
         self.token = uuid.uuid4().hex[:8]
 
     def fail(self, problem: str, error: type[EnergyProtocolError] = EnergyProtocolError
@@ -466,10 +467,17 @@ class _Session:
                                     throttled=True, rejected=True, flags=tuple(flags))
 
         baseline = self.window(index, "idle", lambda: self.idle(p.idle_s))
-        short_window, short_run = self.measured_run(index, "short", self.short_settings)
-        long_s = math.ceil((p.min_window_s + short_run.window_s) * 1000) / 1000
-        long_window, long_run = self.measured_run(
-            index, "long", dataclasses.replace(self.settings, min_seconds=long_s))
+        # Odd repeats run the long run first, so whatever the run order does (the first run
+        # after the idle window starting slower, a warming device) falls on both sides and the
+        # median does not inherit it. The long run needs the short run's length: a long-first
+        # repeat takes it from the previous repeat's short run.
+        if index % 2 == 0 or self.short_window_estimate_s is None:
+            short_window, short_run = self.measured_run(index, "short", self.short_settings)
+            self.short_window_estimate_s = short_run.window_s
+            long_window, long_run = self.measured_run(index, "long", self.long_settings())
+        else:
+            long_window, long_run = self.measured_run(index, "long", self.long_settings())
+            short_window, short_run = self.measured_run(index, "short", self.short_settings)
         temps_after = self.read_temperatures()
         freqs_after = self.read_freqs()
 
@@ -517,6 +525,12 @@ class _Session:
             cpu_freqs_before_khz=freqs_before, cpu_freqs_after_khz=freqs_after,
             cool_down_s=cool_down_s, throttled=throttled, rejected=rejected, flags=tuple(flags),
         )
+
+    def long_settings(self) -> MeasureSettings:
+        """The long run: its timed loop ``min_window_s`` longer than the short run's."""
+        assert self.short_window_estimate_s is not None
+        long_s = math.ceil((self.protocol.min_window_s + self.short_window_estimate_s) * 1000) / 1000
+        return dataclasses.replace(self.settings, min_seconds=long_s)
 
     def check_charging(self, flags: list[str]) -> None:
         if self.charging is None or not self.charging():

@@ -5,7 +5,9 @@ phone's ``benchmark_model`` (the stand-in, sleeping a fixed time per inference) 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +46,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def sleeping_binary(folder: Path, sleep_us: int) -> Path:
-    """The stand-in tool, each inference a fixed sleep (so its active time is known)."""
+def sleeping_binary(folder: Path, sleep_us: int) -> tuple[Path, str]:
+    """The stand-in tool, each inference a fixed sleep (so its active time is known), run from a
+    uniquely named copy: the returned marker counts only this test's tool as the workload."""
+    marker = f"fake_benchmark_{uuid.uuid4().hex[:12]}.py"
+    shutil.copy(FAKE, folder / marker)
     path = folder / "benchmark_model"
-    path.write_text(f'#!/bin/sh\nFAKE_BENCHMARK_SLEEP_US={sleep_us} exec "{sys.executable}" "{FAKE}" "$@"\n')
+    path.write_text(f'#!/bin/sh\nFAKE_BENCHMARK_SLEEP_US={sleep_us} exec "{sys.executable}" "{folder / marker}" "$@"\n')
     path.chmod(0o755)
-    return path
+    return path, marker
 
 
 def metered_phone(peer: AdbdPeer, server: AdbServer, binary: Path, zone: str) -> DeviceSpec:
@@ -64,11 +69,11 @@ def test_a_metered_phone_reports_the_known_energy_per_inference(
     adbd_peer: AdbdPeer, adb_server: AdbServer, tiny_model: Path, tmp_path: Path
 ) -> None:
     zone = write_thermal_zone(adbd_peer.root / "data/local/tmp/sys/class/thermal", 0, 40.0)
-    spec = metered_phone(adbd_peer, adb_server, sleeping_binary(tmp_path, 15000),
-                         "/" + str(zone.relative_to(adbd_peer.root)))
+    binary, marker = sleeping_binary(tmp_path, 15000)
+    spec = metered_phone(adbd_peer, adb_server, binary, "/" + str(zone.relative_to(adbd_peer.root)))
     active_mw = 1200.0
     with OdpmEmulator(adbd_peer.root / ODPM_DIR.lstrip("/"), idle_mw=400.0, active_mw=active_mw,
-                      marker=str(FAKE.name)):
+                      marker=marker):
         with AndroidDevice(spec, timeouts=TIMEOUTS, energy=PROTOCOL) as device:
             assert device.has_energy_meter
             m = device.measure(tiny_model, SETTINGS)
@@ -97,12 +102,12 @@ def test_a_hot_phone_is_refused_under_the_reject_policy(
     from devices.energy_protocol import ThrottledError
 
     zone = write_thermal_zone(adbd_peer.root / "data/local/tmp/sys/class/thermal", 1, 96.0)
-    spec = metered_phone(adbd_peer, adb_server, sleeping_binary(tmp_path, 2000),
-                         "/" + str(zone.relative_to(adbd_peer.root)))
+    binary, marker = sleeping_binary(tmp_path, 2000)
+    spec = metered_phone(adbd_peer, adb_server, binary, "/" + str(zone.relative_to(adbd_peer.root)))
     hot = dataclasses.replace(PROTOCOL, throttle_policy="reject", cool_down_to_c=60.0,
                               cool_down_timeout_s=0.3, cool_down_poll_s=0.1, max_rejected=1)
     with OdpmEmulator(adbd_peer.root / ODPM_DIR.lstrip("/"), idle_mw=400.0, active_mw=900.0,
-                      marker=str(FAKE.name)):
+                      marker=marker):
         with AndroidDevice(spec, timeouts=TIMEOUTS, energy=hot) as device:
             with pytest.raises(ThrottledError, match="device 'metered-phone'"):
                 device.measure(tiny_model, SETTINGS)

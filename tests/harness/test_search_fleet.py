@@ -5,7 +5,9 @@ and its energy objective is the phone's measured energy."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,8 +75,10 @@ def test_search_measures_every_class_retries_a_crashing_board_and_uses_measured_
     crashing.write_text(f'#!/bin/sh\ncase "$1" in -c) exec "{sys.executable}" "$@";; esac\n'
                         'echo "Segmentation fault" >&2\nexit 139\n')
     crashing.chmod(0o755)
+    marker = f"fake_benchmark_{uuid.uuid4().hex[:12]}.py"  # only this test's tool is the workload
+    shutil.copy(FAKE, tmp_path / marker)
     tool = tmp_path / "benchmark_model"
-    tool.write_text(f'#!/bin/sh\nFAKE_BENCHMARK_SLEEP_US=8000 exec "{sys.executable}" "{FAKE}" "$@"\n')
+    tool.write_text(f'#!/bin/sh\nFAKE_BENCHMARK_SLEEP_US=8000 exec "{sys.executable}" "{tmp_path / marker}" "$@"\n')
     tool.chmod(0o755)
     inventory = tmp_path / "lab.toml"
     inventory.write_text(
@@ -96,7 +100,7 @@ def test_search_measures_every_class_retries_a_crashing_board_and_uses_measured_
 
     active_mw = 1500.0
     with OdpmEmulator(phone.root / ODPM_DIR.lstrip("/"), idle_mw=300.0, active_mw=active_mw,
-                      marker=FAKE.name):
+                      marker=marker):
         summary = SearchRun(config, progress=False).run()
 
     assert summary.counts == {"complete": 3}

@@ -133,37 +133,41 @@ class _Model:
         self.nodes = 3
         self.interpreter = None
         self.invoked = False
-        if True:  # keeps the block's indentation: the model loads in both modes
-            try:
-                from ai_edge_litert.interpreter import Interpreter
-            except ImportError:
-                if self.sleep_s is None:
-                    self.sleep_s = 0.002
-                return
-            import numpy as np
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            if self.sleep_s is None:
+                self.sleep_s = 0.002
+            return
+        import numpy as np
 
+        try:
             self.interpreter = Interpreter(model_path=graph, num_threads=max(threads, 1))
-            details = self.interpreter.get_input_details()
-            if inputs and len(inputs) != len(details):
-                raise InputError(f"Inputs mismatch: Model inputs #:{len(inputs)} expected: {len(details)}")
-            for detail, (_, shape, _) in zip(details, inputs or []):
-                self.interpreter.resize_tensor_input(detail["index"], shape)
-            self.interpreter.allocate_tensors()
-            for i, detail in enumerate(self.interpreter.get_input_details()):
-                path = inputs[i][2] if inputs else ""
-                data = np.zeros(detail["shape"], dtype=detail["dtype"])
-                if path:
-                    try:
-                        with open(path, "rb") as f:
-                            raw = f.read()
-                    except OSError:
-                        raise InputError(f"Failed to read the input_layer_value_file:{path}") from None
-                    if len(raw) != data.nbytes:
-                        raise InputError(f"The size of {path} is {len(raw)} bytes. It should be "
-                                         f"{data.nbytes} bytes.")
-                    data = np.frombuffer(raw, dtype=data.dtype).reshape(data.shape)
-                self.interpreter.set_tensor(detail["index"], data)
-            self.nodes = len(self.interpreter._get_ops_details())
+        except ValueError:
+            if self.sleep_s is None:
+                raise
+            return  # sleeping runs stand in for timing only: a placeholder model is fine
+        details = self.interpreter.get_input_details()
+        if inputs and len(inputs) != len(details):
+            raise InputError(f"Inputs mismatch: Model inputs #:{len(inputs)} expected: {len(details)}")
+        for detail, (_, shape, _) in zip(details, inputs or []):
+            self.interpreter.resize_tensor_input(detail["index"], shape)
+        self.interpreter.allocate_tensors()
+        for i, detail in enumerate(self.interpreter.get_input_details()):
+            path = inputs[i][2] if inputs else ""
+            data = np.zeros(detail["shape"], dtype=detail["dtype"])
+            if path:
+                try:
+                    with open(path, "rb") as f:
+                        raw = f.read()
+                except OSError:
+                    raise InputError(f"Failed to read the input_layer_value_file:{path}") from None
+                if len(raw) != data.nbytes:
+                    raise InputError(f"The size of {path} is {len(raw)} bytes. It should be "
+                                     f"{data.nbytes} bytes.")
+                data = np.frombuffer(raw, dtype=data.dtype).reshape(data.shape)
+            self.interpreter.set_tensor(detail["index"], data)
+        self.nodes = len(self.interpreter._get_ops_details())
 
     def run(self) -> None:
         if self.sleep_s is None and self.interpreter is not None:
