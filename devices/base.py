@@ -67,7 +67,9 @@ class Measurement:
     answers wrongly can be told from one that answers fast; ``output_matches`` says whether it
     equals the host's digest for the same model and input (``None``: not compared).
     With a meter, ``energy_mj_median`` is the median over the protocol's repeats of net energy
-    per inference, ``energy_mj_spread`` their spread, ``power_mw_mean`` the net power,
+    per inference (per iteration of the runner's timed loop, so its bookkeeping between
+    inferences, about a microsecond, is included: +4 % on a 36 µs model in bench/RESULTS.md),
+    ``energy_mj_spread`` their spread, ``power_mw_mean`` the net power while inferring,
     ``energy_window_s`` the configured minimum measured window, and ``energy_detail`` every
     repeat's raw readings, baseline, temperatures and flags
     (:meth:`devices.energy_protocol.EnergyResult.to_dict`).
