@@ -4,8 +4,10 @@
 the device and the option), binds the kind's source to a ``read(timeout_s)`` over the
 device's transport, takes one probe reading (so a missing file, a permission problem or a
 ``rails`` entry the device does not have fails here, not mid-measurement) and returns a
-:class:`~devices.meters.base.CounterMeter` or :class:`~devices.meters.base.SamplingMeter`
-named ``<device>:<kind>``. Every reading is one round trip where the source allows it:
+:class:`~devices.meters.base.CounterMeter`, a
+:class:`~devices.meters.device_sampler.DeviceSamplingMeter` or a
+:class:`~devices.meters.base.SamplingMeter` named ``<device>:<kind>``. Every reading is one
+round trip where the source allows it:
 
 ========== ================================================================== ===============
 kind       what one reading runs (``path`` default)                          meter
@@ -34,15 +36,30 @@ simulated  nothing: a :class:`~devices.meters.simulated.SimulatedMeter` with  co
 
 Options every real kind takes: ``rails`` (the rails summed, each must exist; default all)
 and ``read_timeout_s``; sampling kinds take ``interval_s`` (default 0.1 s; at least 0.1 s
-for the Pi 5 PMIC, whose reads cost firmware time; 0.25 s for the fuel gauge). Anything
-else is refused.
+for the Pi 5 PMIC, whose reads cost firmware time; 0.25 s for the fuel gauge) and
+``sampling``. Anything else is refused.
+
+========== ================================================================================
+sampling   where a sampling meter's samples are taken
+========== ================================================================================
+device     the default: a loop on the device runs the reading's command every
+           ``interval_s`` by the device's clock and logs the samples; a window costs two
+           round trips, one to start the loop (and take the first sample), one to stop it
+           (taking the last) and read the log back
+           (:class:`~devices.meters.device_sampler.DeviceSamplingMeter`)
+host       the host runs the reading's command over the transport from a background
+           thread (:class:`~devices.meters.base.SamplingMeter`): one round trip per sample,
+           so over SSH a few samples a second and energy off by a power step times half a
+           gap at each edge; the only mode for ``command`` with ``run_on = "host"``
+========== ================================================================================
 
 ODPM counters refresh at most every 50 ms, so a host timestamp can be up to 50 ms off the
 counter it stamps; the ODPM reader therefore times each reading by the files' own ``t=``
 (device boot ms, mapped onto ``time.monotonic()`` by a constant offset fixed at the first
 reading), which makes window durations and energies agree exactly.
 
-Thread safety and transports: a :class:`SamplingMeter` reads from a background thread while
+Thread safety and transports: a host-sampling :class:`SamplingMeter` reads from a background
+thread while
 the workload runs, possibly over the transport that runs the workload. Both
 :class:`~devices.transports.SshTransport` and :class:`~devices.transports.AdbTransport` open
 a fresh channel or server connection per command, so that works; the
@@ -74,6 +91,7 @@ from devices.meters.base import (
     SamplingMeter,
 )
 from devices.meters.battery import FuelGaugeConvention, detect_fuel_gauge_convention
+from devices.meters.device_sampler import DeviceSamplingMeter
 from devices.meters.errors import MeterError, MeterParseError, MeterReadError
 from devices.meters.parsers import (
     HWMON_SINGLE_CHANNEL_CHIPS,
@@ -130,11 +148,12 @@ _FALLBACK_INTERVAL_S = 0.1
 _COUNTER_TIMEOUT_S = 5.0
 _DISCOVERY_TIMEOUT_S = 10.0
 _SAMPLING_TIMEOUT_S = 2.0
+_SAMPLER_COMMAND_S = 8.0  # a device sampler's start/stop command: a sample plus this. Units: s
 _FUEL_GAUGE_IDLE_SAMPLES = 5
 _HWMON_FILE = re.compile(r"name|update_interval|(?:in|curr|power)\d+_(?:input|label)")
 
 _COMMON = frozenset({"rails", "read_timeout_s"})
-_SAMPLING = frozenset({"interval_s"})
+_SAMPLING = frozenset({"interval_s", "sampling"})
 _OPTIONS: Mapping[str, frozenset[str]] = {
     "odpm": _COMMON,
     "powerstats": _COMMON,
@@ -178,13 +197,17 @@ def build_meter(spec: MeterSpec, device_name: str, transport: Transport | None) 
         device_name: The device's name, used in the meter's name (``<device>:<kind>``) and
             in every error.
         transport: How to reach the device; ``None`` only for ``simulated`` and for a
-            ``command`` meter with ``run_on = "host"``.
+            ``command`` meter with ``run_on = "host"``. A device-sampling meter keeps it for
+            its windows (two commands each).
 
     Raises:
         MeterConfigError: an unknown kind or option, a bad value, a missing transport, a rail
             or sensor the device does not have.
         MeterReadError: the probe reading failed (the file is missing or root-only, the tool
-            is not installed); the message holds the transport's evidence.
+            is not installed); the message holds the transport's evidence. A
+            :class:`~devices.meters.device_sampler.DeviceSamplerError` when the device cannot
+            run a sampling loop (no clock with sub-second steps, a ``sleep`` without
+            fractions, an unwritable workdir).
         MeterParseError: the probe reading's output is malformed.
     """
     options = _Options(spec, device_name)
@@ -199,7 +222,17 @@ def build_meter(spec: MeterSpec, device_name: str, transport: Transport | None) 
         raise MeterConfigError(f"device {device_name!r}: meter {kind}: needs a transport (ssh or "
                                "adb) to reach the device; none was given")
     reader = _Reader(device_name, kind, transport)
-    read = _bind(reader, plan, spec.path or DEFAULT_PATHS.get(kind, ""))
+    path = spec.path or DEFAULT_PATHS.get(kind, "")
+    source: _PowerSource | None = None
+    read: Callable[[float], CounterReading] | Callable[[float], PowerReading]
+    if plan.interval_s is None:
+        read = _bind_counter(reader, plan, path)
+    elif plan.run_on == "host":
+        command = plan.command
+        read = reader.bind(lambda t: _run_on_host(device_name, command, t), command_power_reading)
+    else:
+        source = _power_source(reader, plan, path)
+        read = source.read_with(reader)
     probe = read(plan.timeout_s)
     available = probe.energy_mj if isinstance(probe, CounterReading) else probe.power_mw
     rails = plan.rails
@@ -214,15 +247,24 @@ def build_meter(spec: MeterSpec, device_name: str, transport: Transport | None) 
     if plan.interval_s is None:
         return CounterMeter(name, read, rails=rails,  # type: ignore[arg-type]
                             read_timeout_s=plan.timeout_s)
-    return SamplingMeter(name, read, rate_hz=1.0 / plan.interval_s,  # type: ignore[arg-type]
-                         rails=rails, read_timeout_s=plan.timeout_s)
+    if source is None or plan.sampling == "host":
+        return SamplingMeter(name, read, rate_hz=1.0 / plan.interval_s,  # type: ignore[arg-type]
+                             rails=rails, read_timeout_s=plan.timeout_s)
+    assert transport is not None
+    meter = DeviceSamplingMeter(name, transport, source.command, source.parse,
+                                interval_s=plan.interval_s, rails=rails,
+                                sample_timeout_s=plan.timeout_s,
+                                timeout_s=plan.timeout_s + _SAMPLER_COMMAND_S, device=device_name)
+    meter.prepare()
+    return meter
 
 
 @dataclass(frozen=True)
 class _Plan:
     """A real meter's validated options (every check done before any I/O).
 
-    ``interval_s`` is ``None`` for a counter meter, the sampling period otherwise.
+    ``interval_s`` is ``None`` for a counter meter, the sampling period otherwise;
+    ``sampling`` (``"device"`` or ``"host"``) says where a sampling meter samples.
     """
 
     kind: str
@@ -230,6 +272,7 @@ class _Plan:
     timeout_s: float
     interval_s: float | None
     run_on: str = "device"
+    sampling: str = "device"
     command: str = ""
     chip: str = "ina3221"
     convention: FuelGaugeConvention | None = None
@@ -244,25 +287,33 @@ class _Plan:
             interval_s = options.number(
                 "interval_s", default=_DEFAULT_INTERVAL_S.get(kind, _FALLBACK_INTERVAL_S),
                 minimum=_PMIC_MIN_INTERVAL_S if kind == "pi5-pmic" else 0.001)
-        elif "interval_s" in options.values:
-            raise options.fail("interval_s", "applies only to sampling meters (this one reads "
-                                             "cumulative counters)")
+        else:
+            for option in ("interval_s", "sampling"):
+                if option in options.values:
+                    raise options.fail(option, "applies only to sampling meters (this one reads "
+                                               "cumulative counters)")
+        run_on = options.choice("run_on", ("device", "host"), "device")
+        mode = options.choice("sampling", ("device", "host"), run_on)
+        if run_on == "host" and mode != "host":
+            raise options.fail("sampling", "a command run on the host (run_on = \"host\") is "
+                                           "sampled by the host; remove 'sampling' or set it to "
+                                           "\"host\"")
         timeout_s = options.number("read_timeout_s", default=None, minimum=0.0, exclusive=True)
         return cls(
             kind=kind,
             rails=options.rails(),
             timeout_s=timeout_s or (_SAMPLING_TIMEOUT_S if sampling else _COUNTER_TIMEOUT_S),
             interval_s=interval_s,
-            run_on=options.choice("run_on", ("device", "host"), "device"),
+            run_on=run_on,
+            sampling=mode,
             command=options.command() if kind == "command" else "",
             chip=options.hwmon_name() if kind == "hwmon" else "ina3221",
             convention=options.fuel_gauge_convention() if kind == "fuelgauge" else None,
         )
 
 
-def _bind(reader: _Reader, plan: _Plan, path: str
-          ) -> Callable[[float], CounterReading] | Callable[[float], PowerReading]:
-    """The kind's ``read(timeout_s)`` over the transport (discovering the source first)."""
+def _bind_counter(reader: _Reader, plan: _Plan, path: str) -> Callable[[float], CounterReading]:
+    """A counter kind's ``read(timeout_s)`` over the transport (discovering the source first)."""
     kind = plan.kind
     if kind == "odpm":
         return _OdpmReader(reader, _find_odpm_files(reader, path))
@@ -271,23 +322,42 @@ def _bind(reader: _Reader, plan: _Plan, path: str
         return reader.bind(lambda t: reader.run(dumpsys, t), powerstats_counter_reading)
     if kind == "rapl":
         return _rapl_reader(reader, path)
+    assert kind == "command", kind
+    command = plan.command
+    if plan.run_on == "host":
+        run: Callable[[float], str] = \
+            lambda t: _run_on_host(reader.device, command, t)  # noqa: E731
+    else:
+        run = lambda t: reader.run(command, t)  # noqa: E731
+    return reader.bind(run, command_counter_reading)
+
+
+@dataclass(frozen=True)
+class _PowerSource:
+    """One power sample on the device: the command printing it and the parser of its stdout
+    (errors naming the device and the meter). Host polling runs the command per read; a
+    :class:`DeviceSamplingMeter` runs it in its loop on the device."""
+
+    command: str
+    parse: Callable[[str], PowerReading]
+
+    def read_with(self, reader: _Reader) -> Callable[[float], PowerReading]:
+        """``read(timeout_s)``: one round trip running :attr:`command`."""
+        return lambda timeout_s: self.parse(reader.run(self.command, timeout_s))
+
+
+def _power_source(reader: _Reader, plan: _Plan, path: str) -> _PowerSource:
+    """A sampling kind's source on the device (discovering it first)."""
+    kind = plan.kind
     if kind == "command":
-        command = plan.command
-        if plan.run_on == "host":
-            run: Callable[[float], str] = \
-                lambda t: _run_on_host(reader.device, command, t)  # noqa: E731
-        else:
-            run = lambda t: reader.run(command, t)  # noqa: E731
-        if plan.interval_s is not None:
-            return reader.bind(run, command_power_reading)
-        return reader.bind(run, command_counter_reading)
+        return _PowerSource(plan.command, reader.converter(command_power_reading))
     if kind == "pi5-pmic":
-        vcgencmd = f"{shlex.quote(path)} pmic_read_adc"
-        return reader.bind(lambda t: reader.run(vcgencmd, t), pmic_adc_power_reading)
+        return _PowerSource(f"{shlex.quote(path)} pmic_read_adc",
+                            reader.converter(pmic_adc_power_reading))
     if kind in ("hwmon", "jetson"):
-        return _hwmon_reader(reader, path, plan.chip)
+        return _hwmon_source(reader, path, plan.chip)
     assert kind == "fuelgauge", kind
-    return _fuel_gauge_reader(reader, plan.convention, path,
+    return _fuel_gauge_source(reader, plan.convention, path,
                               plan.interval_s or _FALLBACK_INTERVAL_S)
 
 
@@ -409,6 +479,8 @@ class _Reader:
             lines = (result.stderr or result.stdout).strip().splitlines()
             evidence = lines[-1].strip() if lines else "no output"
             hint = "; energy counters are often root-only" if "denied" in evidence else ""
+            if result.exit_code == 127:
+                hint = "; command not found on the device (install it, or set the meter's path)"
             raise MeterReadError(f"device {self.device!r}: meter {self.kind}: {command!r} exited "
                                  f"with {result.exit_code}: {evidence}{hint}")
         return result.stdout
@@ -417,12 +489,12 @@ class _Reader:
         self, run: Callable[[float], str], convert: Callable[[str], T]
     ) -> Callable[[float], T]:
         """``read(timeout_s)``: ``run`` then ``convert`` its text, errors naming the device."""
+        parse = self.converter(convert)
+        return lambda timeout_s: parse(run(timeout_s))
 
-        def read(timeout_s: float) -> T:
-            text = run(timeout_s)
-            return self.parse(lambda: convert(text))
-
-        return read
+    def converter(self, convert: Callable[[str], T]) -> Callable[[str], T]:
+        """``convert`` with its errors naming the device and the meter."""
+        return lambda text: self.parse(lambda: convert(text))
 
     def parse(self, parse: Callable[[], T]) -> T:
         """Call a parser, re-raising its errors with the device and meter in front."""
@@ -516,9 +588,9 @@ def _rapl_reader(reader: _Reader, path: str) -> Callable[[float], CounterReading
     return read
 
 
-def _hwmon_reader(reader: _Reader, path: str, chip: str) -> Callable[[float], PowerReading]:
+def _hwmon_source(reader: _Reader, path: str, chip: str) -> _PowerSource:
     """Find the hwmon directory named ``chip`` (``path`` itself or ``path/hwmon*``), list its
-    sensor files once, and read them all in one round trip per sample."""
+    sensor files once; a sample reads them all in one command."""
     base = path.rstrip("/") or "/"
     quoted = shlex.quote(base)
     listing = reader.run(f'for d in {quoted} {quoted}/hwmon*; do [ -r "$d/name" ] && '
@@ -540,25 +612,24 @@ def _hwmon_reader(reader: _Reader, path: str, chip: str) -> Callable[[float], Po
     command = (f"cd {shlex.quote(directory)} && for f in {' '.join(files)}; do "
                'v=$(cat "$f") || exit 1; printf "%s=%s\\n" "$f" "$v"; done')
 
-    def read(timeout_s: float) -> PowerReading:
-        text = reader.run(command, timeout_s)
+    def parse(text: str) -> PowerReading:
         snapshot = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
         return reader.parse(lambda: hwmon_power_reading(snapshot))
 
-    return read
+    return _PowerSource(command, parse)
 
 
-def _fuel_gauge_reader(
+def _fuel_gauge_source(
     reader: _Reader, convention: FuelGaugeConvention | None, path: str, interval_s: float
-) -> Callable[[float], PowerReading]:
+) -> _PowerSource:
     """``cat current_now voltage_now status``; the convention is detected from idle samples
-    (taken now) unless given."""
+    (taken now, polled from the host) unless given."""
     directory = path.rstrip("/")
     command = (f"cd {shlex.quote(directory)} && cat current_now voltage_now && "
                "{ cat status 2>/dev/null || echo Unknown; }")
 
-    def raw(timeout_s: float) -> tuple[str, str]:
-        lines = reader.run(command, timeout_s).splitlines()
+    def split(text: str) -> tuple[str, str]:
+        lines = text.splitlines()
         if len(lines) != 3:
             raise MeterParseError(f"device {reader.device!r}: meter fuelgauge", "\n".join(lines),
                                   "current_now, voltage_now and status, one line each")
@@ -574,16 +645,16 @@ def _fuel_gauge_reader(
         for i in range(_FUEL_GAUGE_IDLE_SAMPLES):
             if i:
                 time.sleep(interval_s)
-            current, voltage = raw(_SAMPLING_TIMEOUT_S)
+            current, voltage = split(reader.run(command, _SAMPLING_TIMEOUT_S))
             samples.append(reader.parse(lambda: parse_battery(current, voltage)))
         convention = reader.parse(lambda: detect_fuel_gauge_convention(samples))
     known: FuelGaugeConvention = convention
 
-    def read(timeout_s: float) -> PowerReading:
-        current, voltage = raw(timeout_s)
+    def parse(text: str) -> PowerReading:
+        current, voltage = split(text)
         return reader.parse(lambda: battery_power_reading(current, voltage, known))
 
-    return read
+    return _PowerSource(command, parse)
 
 
 # --- device state the energy protocol reads ------------------------------------------------------

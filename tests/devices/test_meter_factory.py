@@ -1,7 +1,9 @@
 """The meter factory: option validation (no I/O), then every kind built over a real transport
 against the peers -- ODPM, PowerStats, RAPL, hwmon, Jetson, fuel gauge and command meters
 through the real adb server to the test adbd (sysfs trees under its /data), the Pi 5 PMIC over
-a real sshd with the emulated vcgencmd -- plus the charging, temperature and cpufreq reads."""
+a real sshd with the emulated vcgencmd -- plus the charging, temperature and cpufreq reads.
+Sampling kinds sample on the device by default (tests/devices/test_device_sampler.py has the
+sampler's own tests); ``sampling = "host"`` keeps host polling."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from devices.meters import (
     SamplingMeter,
     SimulatedMeter,
 )
+from devices.meters.device_sampler import DeviceSamplingMeter
 from devices.meters.factory import (
     MeterConfigError,
     build_meter,
@@ -60,6 +63,13 @@ TMP = "/data/local/tmp"
                                                         "joules, watts"),
     ("command", None, {"command": "x", "run_on": "cloud"}, "option 'run_on'"),
     ("command", None, {"command": "x", "interval_s": 1.0}, "option 'interval_s': applies only"),
+    ("command", None, {"command": "x", "sampling": "host"}, "option 'sampling': applies only to "
+                                                            "sampling meters"),
+    ("command", None, {"command": "x", "unit": "watts", "run_on": "host", "sampling": "device"},
+     "option 'sampling': a command run on the host (run_on = \"host\") is sampled by the host"),
+    ("pi5-pmic", None, {"sampling": "remote"}, "option 'sampling': 'remote' is not one of device, "
+                                               "host"),
+    ("odpm", None, {"sampling": "host"}, "option 'sampling': unknown for this kind of meter"),
     ("fuelgauge", None, {"current_unit": "mA"}, "option 'discharge_sign': give it with "
                                                 "'current_unit', or neither"),
     ("simulated", None, {"idle_mw": 100}, "option 'active_mw': missing"),
@@ -240,16 +250,17 @@ def test_hwmon_finds_its_chip_by_name(phone: AdbTransport, adbd_peer: AdbdPeer) 
                        "curr1_input": "650\n", "update_interval": "1\n", "shunt_resistor": "10\n"
                        }.items():
         on_phone(adbd_peer, f"{base}/hwmon3/{name}", text)
-    meter = build_meter(MeterSpec("hwmon", path=base, options={"name": "ina226",
-                                                               "interval_s": 0.05}), "pi4", phone)
-    assert isinstance(meter, SamplingMeter)
-    meter.begin_window("w")
-    time.sleep(0.3)
-    window = meter.end_window("w")
-    meter.close()
-    assert window.energy_mj.keys() == {"ina226"}
-    assert window.avg_power_mw == pytest.approx(3250.0)
-    assert "power1_input=3250000" in window.readings[0].raw
+    for sampling, kind in (("device", DeviceSamplingMeter), ("host", SamplingMeter)):
+        meter = build_meter(MeterSpec("hwmon", path=base, options={
+            "name": "ina226", "interval_s": 0.05, "sampling": sampling}), "pi4", phone)
+        assert isinstance(meter, kind), sampling
+        meter.begin_window("w")
+        time.sleep(0.3)
+        window = meter.end_window("w")
+        meter.close()
+        assert window.energy_mj.keys() == {"ina226"}
+        assert window.avg_power_mw == pytest.approx(3250.0)
+        assert "power1_input=3250000" in window.readings[0].raw
     with pytest.raises(MeterConfigError, match=r"device 'pi4': meter hwmon: no hwmon device named "
                                                r"'ina219' under .* \(found: hwmon0=nct6775, "
                                                r"hwmon3=ina226\)"):
@@ -360,7 +371,7 @@ def test_pi5_pmic_over_ssh_follows_the_emulated_power(board: SshTransport, tmp_p
     with Pi5PmicEmulator(tmp_path / "pmic", idle_mw=idle_mw, active_mw=active_mw,
                          marker=marker) as emulator:
         meter = build_meter(MeterSpec("pi5-pmic", path=str(emulator.script)), "pi5", board)
-        assert isinstance(meter, SamplingMeter) and meter.period_s == pytest.approx(0.1)
+        assert isinstance(meter, DeviceSamplingMeter) and meter.interval_s == pytest.approx(0.1)
         meter.begin_window("idle")
         time.sleep(0.6)
         idle = meter.end_window("idle")
@@ -376,14 +387,15 @@ def test_pi5_pmic_over_ssh_follows_the_emulated_power(board: SshTransport, tmp_p
         meter.close()
     expected_mj = idle_mw * load.duration_s + active_mw * active_s
     assert 1.4 < active_s < 2.5
-    # Each sample is an SSH round trip (0.15-0.4 s on a busy host, so fewer than 10 Hz, and
-    # the window notes it); the trapezoid misplaces each power step by at most half a gap.
+    # Sampled on the device every 0.1 s (plus a sample's cost), whatever an SSH round trip
+    # costs; the trapezoid misplaces each power step by at most half a gap.
     times = [r.time_s or 0.0 for r in load.readings]
     max_gap_s = max(b - a for a, b in zip(times, times[1:]))
     print(f"\nPi 5 PMIC over ssh: {load.total_energy_mj:.0f} mJ, emulated {expected_mj:.0f} mJ "
           f"({100 * (load.total_energy_mj / expected_mj - 1):+.1f}%), largest gap {max_gap_s:.3f} s")
     assert abs(load.total_energy_mj - expected_mj) <= active_mw * max_gap_s
-    assert load.total_energy_mj == pytest.approx(expected_mj, rel=0.25)
+    assert max_gap_s < 0.3 and load.notes == ()
+    assert load.total_energy_mj == pytest.approx(expected_mj, rel=0.05)
     assert "VDD_CORE_A current(7)=" in load.readings[0].raw
 
     with pytest.raises(MeterReadError, match=r"device 'pi5': meter pi5-pmic: .*exited with"):

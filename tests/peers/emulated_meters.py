@@ -13,6 +13,9 @@ process exists. Its flavours publish that power in the real formats of devices.m
 * :class:`Pi5PmicEmulator` -- a ``vcgencmd`` stand-in script printing ``pmic_read_adc``
   output whose currents × volts sum to the emulated power (point the meter's ``path`` at it;
   the sshd peer runs it on this machine).
+* :class:`HwmonEmulator` -- an INA226 hwmon directory (``name``, ``power1_input`` µW,
+  ``in1_input`` mV, ``curr1_input`` mA) holding the emulated power; serve it through the test
+  adbd like the ODPM files and point an ``hwmon`` meter's ``path`` at its parent.
 
 Both split the power over several rails by fixed fractions, so the sum over every rail is the
 emulated power. :func:`write_thermal_zone` and :func:`write_battery_status` write the files a
@@ -35,6 +38,7 @@ __all__ = [
     "PowerEmulator",
     "OdpmEmulator",
     "Pi5PmicEmulator",
+    "HwmonEmulator",
     "ODPM_RAILS",
     "PMIC_RAILS",
     "write_thermal_zone",
@@ -268,6 +272,34 @@ class Pi5PmicEmulator(PowerEmulator):
         width = max(len(line.split(" ")[0]) for line in lines)
         text = "".join(f"  {line.split(' ')[0]:>{width}} {line.split(' ')[1]}\n" for line in lines)
         _write_atomically(self.output, text)
+
+
+class HwmonEmulator(PowerEmulator):
+    """An INA226 hwmon directory at ``directory`` whose ``power1_input`` is the emulated power
+    (one rail, labelled by the chip name), with a fixed 5 V bus; each file is replaced
+    atomically at the first poll that sees the state change."""
+
+    BUS_MV = 5000
+
+    def __init__(self, directory: Path, **kwargs: object) -> None:
+        kwargs.setdefault("publish_s", 0.0)
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._published: bool | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        _write_atomically(directory / "name", "ina226\n")
+        _write_atomically(directory / "update_interval", "1\n")
+        _write_atomically(directory / "in1_input", f"{self.BUS_MV}\n")
+
+    def _publish(self, now_s: float) -> None:
+        active = self.active
+        if active == self._published:
+            return
+        self._published = active
+        power_mw = self.idle_mw + (self.active_mw if active else 0.0)
+        current_ma = round(power_mw * 1000 / self.BUS_MV)
+        _write_atomically(self.directory / "curr1_input", f"{current_ma}\n")
+        _write_atomically(self.directory / "power1_input", f"{round(power_mw * 1000)}\n")
 
 
 def write_thermal_zone(root: Path, zone: int, temp_c: float) -> Path:
