@@ -108,6 +108,7 @@ class AndroidDevice(RemoteDevice):
             raise ValueError(f"device {spec.name!r}: AndroidDevice needs an adb device, got "
                              f"transport {spec.transport!r}")
         super().__init__(spec, timeouts=timeouts, energy=energy)
+        self._fingerprint_cache: tuple[int, dict[str, str]] | None = None
 
     def _make_transport(self) -> Transport:
         adb = self.spec.adb
@@ -184,9 +185,14 @@ class AndroidDevice(RemoteDevice):
         return output_digest(tensor.decode(raw))
 
     def _fingerprint(self) -> dict[str, str]:
-        result = self._call(lambda t: t.run(key_value_script(FINGERPRINT_COMMANDS),
-                                            timeout_s=self.timeouts.command_s))
-        return parse_key_values(result.stdout, list(FINGERPRINT_COMMANDS))
+        """Model, build, kernel, governor: read once per link (a reboot or a new phone on the
+        same serial means a new link), not once per measurement."""
+        if self._fingerprint_cache is None or self._fingerprint_cache[0] != self.link_opens:
+            result = self._call(lambda t: t.run(key_value_script(FINGERPRINT_COMMANDS),
+                                                timeout_s=self.timeouts.command_s))
+            self._fingerprint_cache = (self.link_opens,
+                                       parse_key_values(result.stdout, list(FINGERPRINT_COMMANDS)))
+        return dict(self._fingerprint_cache[1])
 
     def _check_runtime(self, left: Callable[[str], float]) -> tuple[list[str], dict[str, str]]:
         binary = self.spec.adb.benchmark_binary
