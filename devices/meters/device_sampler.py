@@ -100,7 +100,7 @@ if [ "$r" -ne 0 ]; then echo @@stderr; cat "$l.err"; fi
 echo @@end
 }
 if [ "$2" = once ]; then sample; exit "$r"; fi
-now; e=$(( ${t%.*} + @MAX@ ))
+now; e=$(( ${t%.*} + @MAX@ + 1 ))
 while sleep @INTERVAL@ && [ -e "$l" ]; do
 sample
 if [ "${t%.*}" -ge "$e" ]; then echo "@@expired $t"; exit 0; fi
@@ -220,9 +220,9 @@ class DeviceSamplingMeter(PowerMeter):
             read a long log at 1 MB/s). Units: s.
         device: The device's name for errors (default: the transport's).
         log_dir: Directory on the device for the logs (created on :meth:`prepare`).
-        max_window_s: A loop stops by itself after this long (to the device clock's next
-            whole second; its window then fails), which bounds a loop the host abandoned
-            (it crashed or lost the link mid-window). Units: s.
+        max_window_s: A loop stops by itself after at least this long and at most a second
+            more (it counts whole seconds of the device clock), and its window then fails; this
+            bounds a loop the host abandoned (it crashed or lost the link mid-window). Units: s.
         max_gap_periods: A gap between samples longer than this many ``interval_s`` is
             noted on the window.
         clock: The host clock (``time.monotonic``). Units: s.
