@@ -103,8 +103,9 @@ def open_study(config: SearchConfig, results_dir: Path) -> optuna.Study:
 class _Pending:
     trial: optuna.trial.Trial
     record: TrialRecord
-    outcome: HostOutcome
+    outcome: HostOutcome | None
     future: Future[FleetResult]
+    twin_of: _Pending | None = None  # the same candidate already in flight: reuse its result
 
 
 @dataclass
@@ -289,6 +290,11 @@ class SearchRun:
             bar.update(1)
             self._consecutive_failures = 0
             return True
+        twin = next((p for p in pending if p.record.candidate_key == spec.key and p.twin_of is None), None)
+        if twin is not None:  # proposed again while its first copy is measured: wait, not retrain
+            store.put(record)
+            pending.append(_Pending(trial, record, None, twin.future, twin_of=twin))
+            return True
         try:
             model, cost, build_s = self.evaluator.build(spec)
         except Exception as e:  # a candidate that cannot be built is a failed trial, not a crash
@@ -368,7 +374,10 @@ class SearchRun:
         return finished
 
     def _finish(self, study, store, item: _Pending) -> None:
+        if item.twin_of is not None:
+            return self._finish_twin(study, store, item)
         record, outcome = item.record, item.outcome
+        assert outcome is not None
         try:
             result = item.future.result()
         except Exception as e:  # a device bug (not a DeviceError) must not take the search down
@@ -437,6 +446,23 @@ class SearchRun:
         if any(send for send, _ in verdicts):
             return None
         return "prescreen: " + "; ".join(reason for _, reason in verdicts)
+
+    def _finish_twin(self, study, store, item: _Pending) -> None:
+        """A trial of a candidate that was in flight when proposed: its twin's outcome, reused
+        like a stored one (the twin comes first in ``pending``, so it is settled already)."""
+        assert item.twin_of is not None
+        original, record = item.twin_of.record, item.record
+        if original.state != "complete":
+            self._fail(study, store, item.trial, record,
+                       f"its twin trial {original.trial_number} ({original.state}): {original.error}")
+            return
+        record.metrics, record.artifacts = dict(original.metrics), dict(original.artifacts)
+        record.measurements = list(original.measurements)
+        record.flags = [*original.flags, f"reused:{original.trial_number}"]
+        record.state = "complete"
+        store.put(record)
+        study.tell(item.trial, objective_values(record.metrics, self.config))
+        self._consecutive_failures = 0
 
     def _limit_excess(self, record: TrialRecord) -> dict[str, tuple[float, float]]:
         """(value, limit) of each limit that can only be judged after measuring."""

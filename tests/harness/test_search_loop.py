@@ -8,6 +8,7 @@ measurement windows keep each search to a few seconds.
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,42 @@ def test_a_candidate_measured_before_is_reused_not_retrained(tiny_reference: Pat
         assert record.metrics == original.metrics and record.artifacts == original.artifacts
         assert record.timings_s == {}  # nothing built, trained or measured again
     assert not (tmp_path / "results" / "reuse" / "trials" / "00002").exists()
+
+
+def test_a_candidate_proposed_while_in_flight_waits_for_its_twin_not_retrained(
+    tiny_reference: Path, tmp_path: Path
+) -> None:
+    """Regression: with two in flight, a candidate proposed again while its first copy was being
+    measured used to be trained (and measured) a second time."""
+    search = {"study": "twins", "sampler": "random", "trials": 6, "in_flight": 3}
+    config = make(tiny_reference, tmp_path / "results", merged(TWO_CANDIDATES, {"search": search}))
+
+    class SlowFirstDevice(FakeDevice):
+        """Holds its first measurement until a third trial exists, so that trial's candidate
+        (one of the two, both seeded first) is proposed while its twin is still in flight."""
+
+        def measure(self, model_path, settings, probe_input=None):  # type: ignore[no-untyped-def]
+            deadline = time.monotonic() + 60
+            while self.calls == 0 and len(records_of(config)) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return super().measure(model_path, settings, probe_input)
+
+    device = SlowFirstDevice("bench", energy_mj=0.5, latency_ms=2.0)
+    summary = SearchRun(config, progress=False, devices=[device]).run()  # type: ignore[list-item]
+    assert summary.counts == {"complete": 6}
+    records = records_of(config)
+    originals = {}
+    for record in records:
+        originals.setdefault(record.candidate_key, record)
+    assert len(originals) == 2
+    assert device.calls == 2  # each distinct candidate measured once
+    trained = sorted(p.name for p in (tmp_path / "results" / "twins" / "trials").iterdir())
+    assert trained == sorted(f"{r.trial_number:05d}" for r in originals.values())
+    for record in records:
+        original = originals[record.candidate_key]
+        if record is not original:
+            assert f"reused:{original.trial_number}" in record.flags
+            assert record.metrics == original.metrics and record.artifacts == original.artifacts
 
 
 # --- devices ---------------------------------------------------------------------------------------
