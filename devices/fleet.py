@@ -315,12 +315,16 @@ class Fleet:
     def close(self) -> None:
         """Stop the heartbeat, give back leases still held, close the devices; idempotent.
 
-        Call it once no :meth:`measure` or :meth:`check` is running.
+        Waits for measurements and checks still running (a Ctrl-C leaves their threads
+        running): releasing a lease under a running measurement would let another process use
+        the device meanwhile. The devices' own deadlines bound the wait.
         """
         with self._cond:
             if self._closed:
                 return
             self._closed = True
+            while self._in_use:
+                self._cond.wait()
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
@@ -351,10 +355,10 @@ class Fleet:
         order: list[tuple[int, Failure]],
     ) -> ClassResult:
         """Attempts on devices of one class until one measures, retries run out, or none is left."""
-        deadline = time.monotonic() + self.acquire_timeout_s
         tried: list[str] = []
         failures: list[Failure] = []
         while True:
+            deadline = time.monotonic() + self.acquire_timeout_s  # each attempt may wait as long
             try:
                 device, lease = self._take(device_class, tried, deadline)
             except _Unavailable as e:
@@ -391,6 +395,14 @@ class Fleet:
             return None, error
         with self._held_lock:
             lost = lease.token in self._lost
+        if not lost:
+            # the heartbeat notices a lost lease only at its next beat, and not at all while the
+            # database refuses renewals: ask once more now that the measurement is done
+            try:
+                lost = self._store.renew(lease, self.lease_ttl_s) is None
+            except LeaseStoreError as e:
+                logger.warning("device %r: cannot confirm its lease after measuring: %s", device.name, e)
+                lost = True
         if lost:
             # not the device's fault, but another process may have used it meanwhile: the
             # timing cannot be trusted

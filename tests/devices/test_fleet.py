@@ -429,3 +429,43 @@ def test_close_and_arguments(model: Path, store: LeaseStore) -> None:
         Fleet([pi], store, lease_ttl_s=1.0, heartbeat_s=1.0)
     with pytest.raises(ValueError, match="retries must be >= 0"):
         Fleet([pi], store, retries=-1)
+
+
+def test_close_waits_for_a_running_measurement_before_releasing_its_lease(model: Path, store: LeaseStore,
+                                                                          tmp_path: Path) -> None:
+    """Regression: Ctrl-C leaves the measuring thread running; close() used to release its lease
+    (another process could take the busy board) and close the device under it."""
+    gate, started = threading.Event(), threading.Event()
+    board = FakeDevice("pi5-a", "pi5", gate=gate, started=started)
+    fleet = make_fleet([board], store)
+    measuring = threading.Thread(target=fleet.measure, args=(model, FAST))
+    measuring.start()
+    assert started.wait(WAIT_S)
+    closing = threading.Thread(target=fleet.close)
+    closing.start()
+    closing.join(0.3)
+    with LeaseStore(tmp_path / "harness.sqlite") as other:
+        assert closing.is_alive() and not board.closed
+        assert other.acquire("pi5-a", "other:1:x", 60) is None  # still ours while it measures
+    gate.set()
+    measuring.join(WAIT_S)
+    closing.join(WAIT_S)
+    assert not closing.is_alive() and board.closed
+
+
+def test_a_lease_taken_over_during_the_measurement_discards_the_result(model: Path, store: LeaseStore,
+                                                                        tmp_path: Path) -> None:
+    """Regression: the heartbeat noticed a lost lease only at its next beat; a result measured
+    while another process held the board was accepted."""
+
+    class TakenOver(FakeDevice):
+        def measure(self, model_path, settings, probe_input=None):  # type: ignore[no-untyped-def]
+            # another process whose clock says the lease expired long ago reclaims it
+            with LeaseStore(tmp_path / "harness.sqlite", clock=lambda: time.time() + 10_000) as other:
+                assert other.acquire(self.name, "other:1:x", 60) is not None
+            return super().measure(model_path, settings, probe_input)
+
+    with make_fleet([TakenOver("pi5-a", "pi5")], store, retries=0) as fleet:
+        result = fleet.measure(model, FAST)
+    assert not result.ok
+    assert "lease lost during the measurement" in " ".join(result.errors["pi5"])
