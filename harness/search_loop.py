@@ -187,16 +187,30 @@ class SearchRun:
                         continue
                     self._start_trial(study, store, executor, pending, bar)
             finally:
-                while pending:  # measurements under way are finished and kept, even on Ctrl-C
-                    self._collect(study, store, pending, block=True, bar=bar)
-                executor.shutdown(wait=True)
-                self.fleet.close()  # closes the devices
-                lease_store.close()
-                bar.close()
+                try:
+                    self._drain(study, store, pending, bar)
+                finally:
+                    executor.shutdown(wait=True)
+                    self.fleet.close()  # waits for running measurements, closes the devices
+                    lease_store.close()
+                    bar.close()
             counts: dict[str, int] = {}
             for record in store.records(self.config.study):
                 counts[record.state] = counts.get(record.state, 0) + 1
         return SearchSummary(self.config.study, self._finished(study), counts, self.study_dir)
+
+    def _drain(self, study, store, pending: list[_Pending], bar) -> None:
+        """Finish every pending trial (measurements under way are kept, even on Ctrl-C); one
+        that cannot be finished is logged and the others still are."""
+        while pending:
+            wait([p.future for p in pending])
+            for item in list(pending):
+                pending.remove(item)
+                try:
+                    self._finish(study, store, item)
+                    bar.update(1)
+                except Exception as e:
+                    log.error("trial %d: could not be finished: %s", item.trial.number, e)
 
     _last_error: str | None = None
     _consecutive_failures = 0
@@ -250,7 +264,8 @@ class SearchRun:
             owner_host, _, pid = owner.rpartition(":")
             if not owner:
                 pass  # killed between ask() and naming its owner: live askers hold the ask lock
-            elif owner_host != host or (pid.isdigit() and _alive(int(pid))):
+            elif owner != self.owner and (owner_host != host or (pid.isdigit() and _alive(int(pid)))):
+                # (our own name can only be a dead predecessor's that had our pid: a container)
                 continue  # another live process (or another host) owns it
             record = store.get(self.config.study, trial.number)
             if record is not None and record.state == "complete":
@@ -430,10 +445,11 @@ class SearchRun:
         """
         if not self.config.measure.prescreen or label in ("reference", "int8"):
             return None
-        if not self._calibrations or set(self._calibrations) != set(self.fleet.classes):
-            return None
+        if not set(self.fleet.classes) <= set(self._calibrations):
+            return None  # a class without a fitted model: measure, which also feeds its fit
         verdicts = []
-        for device_class, calibration in self._calibrations.items():
+        for device_class in self.fleet.classes:
+            calibration = self._calibrations[device_class]
             try:
                 features = calibration.features(record.metrics)
             except CalibrationError:
