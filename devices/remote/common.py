@@ -377,6 +377,7 @@ class RemoteDevice(Device):
         self.link_opens = 0
         self._verified_cache: dict[str, int] = {}  # remote runner path -> link it was verified on
         self._meter: PowerMeter | None = None
+        self._meter_link = -1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, transport={self.spec.transport!r})"
@@ -467,19 +468,43 @@ class RemoteDevice(Device):
             energy_detail=energy.to_dict(), notes=notes)
 
     def _measure_energy(self, prepared: PreparedRun, settings: MeasureSettings) -> EnergyResult:
-        """Net energy per inference of the prepared model, by the configured protocol."""
-        transport = self._link()
-        if self._meter is None:
+        """Net energy per inference of the prepared model, by the configured protocol.
+
+        The meter is built per link: what it found on the device (hwmon numbers, ODPM files,
+        a sampler's clock) may differ after a reconnect or a reboot. After a failure, sampler
+        logs the meter could not stop (the link broke) are removed, which ends their loops.
+        """
+        self._link()
+        if self._meter is None or self._meter_link != self.link_opens:
+            if self._meter is not None:
+                self._meter.close()
             assert self.spec.meter is not None
-            self._meter = build_meter(self.spec.meter, self.name, transport)
+            self._meter = self._call(lambda t: build_meter(self.spec.meter, self.name, t))  # type: ignore[arg-type]
+            self._meter_link = self.link_opens
         short = self.timeouts.command_s
         zones = self.spec.thermal_zones
-        return measure_energy(
-            lambda s: self.run_timed(prepared, s), self._meter, self.settings_for(settings),
-            self.energy_protocol, device=self.name,
-            temperatures=(lambda: read_temperatures(transport, zones, short)) if zones else None,
-            charging=lambda: device_is_charging(transport, short),
-            cpu_freqs=lambda: read_cpu_max_freqs_khz(transport, short))
+        try:
+            return measure_energy(
+                lambda s: self.run_timed(prepared, s), self._meter, self.settings_for(settings),
+                self.energy_protocol, device=self.name,
+                temperatures=(lambda: self._call(lambda t: read_temperatures(t, zones, short)))
+                if zones else None,
+                charging=lambda: self._call(lambda t: device_is_charging(t, short)),
+                cpu_freqs=lambda: self._call(lambda t: read_cpu_max_freqs_khz(t, short)))
+        except BaseException:
+            self._end_orphan_samplers()
+            raise
+
+    def _end_orphan_samplers(self) -> None:
+        """Remove the device-side sampler logs: a loop whose log is gone exits at its next sample."""
+        log_dir = getattr(self._meter, "log_dir", None)
+        if not log_dir:
+            return
+        try:
+            self._call(lambda t: t.run(["sh", "-c", 'rm -f "$1"/sampler-*', "sh", str(log_dir)],
+                                       timeout_s=self.timeouts.cleanup_s), retry_lost=True)
+        except DeviceError as e:
+            _log.warning("device %r: could not stop its meter's sampler loops: %s", self.name, e)
 
     def prepare(self, model_path: Path, probe_input: np.ndarray | None = None) -> PreparedRun:
         """A fresh run directory with the model, the runner and the probe pushed (sha256-checked).
@@ -530,7 +555,11 @@ class RemoteDevice(Device):
         if prepared.removed:
             raise DeviceError(f"device {self.name!r}: the run directory {prepared.run_dir} was "
                               "already removed; prepare() again")
-        return self._run(prepared, self.settings_for(settings))
+        try:
+            return self._run(prepared, self.settings_for(settings))
+        except RunnerError:
+            self._verified_cache.clear()  # a broken or missing cached runner is checked again
+            raise
 
     def to_measurement(self, prepared: PreparedRun, run: TimedRun) -> Measurement:
         """The :class:`Measurement` of ``run``: output compared with the host's, notes joined."""
