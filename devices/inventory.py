@@ -32,6 +32,7 @@ and the key. Nothing here opens a connection: :mod:`devices.remote` builds devic
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import tomllib
@@ -367,8 +368,9 @@ class _Entry:
 
     def number(self, key: str, default: float, minimum: float) -> float:
         value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
-            raise self.fail(key, f"expected a number >= {minimum:g}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum \
+                or not math.isfinite(value):
+            raise self.fail(key, f"expected a finite number >= {minimum:g}, got {value!r}")
         return float(value)
 
     def boolean(self, key: str, default: bool | None) -> bool:
@@ -386,13 +388,15 @@ class _Entry:
         if not posixpath.isabs(value) or "\0" in value or "\n" in value:
             raise self.fail(key, f"{value!r} is not an absolute path on the device")
         normal = posixpath.normpath(value)
-        if normal == "/":
+        if normal in ("/", "//"):
             raise self.fail(key, "'/' cannot be a working directory (run directories are removed)")
         return normal
 
     def remote_paths(self, key: str) -> tuple[str, ...]:
         value = self.table.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) and posixpath.isabs(v) for v in value):
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and posixpath.isabs(v) and not any(c in v for c in "\0\n\t")
+                for v in value):
             raise self.fail(key, f"expected a list of absolute paths on the device, got {value!r}")
         return tuple(value)
 

@@ -640,11 +640,14 @@ class _Provisioning:
                 "python3-venv on the board (sudo apt-get install python3-venv) and provision again")
 
     def push(self, wheels: Sequence[Path]) -> str:
+        run_dir: str | None = None
         try:
             run_dir = self.transport.make_run_dir("wheels", timeout_s=self.budget.left("push", PROBE_TIMEOUT_S))
             for wheel in wheels:
                 self.transport.push(wheel, posixpath.join(run_dir, wheel.name), timeout_s=self.budget.left("push"))
         except TransportError as e:
+            if run_dir is not None:  # half-pushed wheels (a full disk, most likely) go too
+                self.remove_quietly(run_dir)
             raise ProvisionError(self.device, "push", _without_device(e, self.device)) from e
         logger.info("%s: pushed %d wheel(s) to %s", self.device, len(wheels), run_dir)
         return run_dir
