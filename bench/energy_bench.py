@@ -51,7 +51,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -69,6 +68,7 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.machine import machine_info  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
 
 log = logging.getLogger("energy_bench")
@@ -442,51 +442,6 @@ def _median(values: list[float]) -> float:
 
 def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else math.nan
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
-        pass
-    commit = "unknown"
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        changed = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(REPO_ROOT), "diff", "--quiet", "HEAD", "--",
-             "devices", "tests/peers"], capture_output=True, check=False).returncode
-        commit += " (devices/ or tests/peers/ differ from it)" if changed else \
-            " (devices/ and tests/peers/ as committed)"
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    versions = {}
-    import importlib.metadata as md
-
-    for package in ("ai-edge-litert", "keras", "tensorflow-cpu", "adbutils"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        adb = subprocess.run(["adb", "version"], capture_output=True, text=True,
-                             check=False).stdout.splitlines()[0]
-    except (OSError, IndexError):
-        adb = "unknown"
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
-            "kernel": platform.release(), "commit": commit, "versions": versions, "adb": adb}
 
 
 def size_table(rows: list[dict], litert: bool) -> list[str]:
@@ -893,7 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
-    machine = machine_info()
+    machine = machine_info(("ai-edge-litert", "keras", "tensorflow-cpu", "adbutils"),
+                           watched=("devices", "tests/peers"), adb=True)
     results: list[dict] = []
     rows: list[dict] = []
     failures: list[str] = []

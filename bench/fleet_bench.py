@@ -49,7 +49,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import queue
 import resource
 import shutil
@@ -68,6 +67,7 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.machine import machine_info  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
 
 log = logging.getLogger("fleet_bench")
@@ -714,51 +714,6 @@ def aggregate(summaries: list[dict]) -> list[dict]:
 # --- the report -------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    def first(path: str, key: str) -> str:
-        try:
-            for line in Path(path).read_text().splitlines():
-                if line.startswith(key):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return "unknown"
-
-    mem = first("/proc/meminfo", "MemTotal")
-    try:
-        mem = f"{int(mem.split()[0]) / 1024 / 1024:.1f} GiB"
-    except (ValueError, IndexError):
-        pass
-    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # read-only git: never refresh the index
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], env=env,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no",
-                                "--", "devices", "harness"], env=env,
-                               capture_output=True, text=True, check=True).stdout.split("\n")
-        dirty = [line[3:] for line in dirty if line.strip()]
-        if dirty:
-            commit += f" with uncommitted changes in {', '.join(dirty)} (other work in progress in the tree)"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    try:
-        adb = subprocess.run(["adb", "version"], capture_output=True, text=True).stdout.splitlines()
-        adb = " ".join(adb[:2])
-    except OSError:
-        adb = "unknown"
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("adbutils", "ai-edge-litert"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return {"nproc": os.cpu_count(), "cpu": first("/proc/cpuinfo", "model name"), "memory": mem,
-            "kernel": platform.release(), "python": platform.python_version(), "commit": commit,
-            "adb": adb, "versions": versions}
-
-
 def _ms(x: float) -> str:
     return "–" if x != x else f"{x * 1e3:.0f}"
 
@@ -1059,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
-    machine = machine_info()
+    machine = machine_info(("adbutils", "ai-edge-litert"), watched=("devices", "harness"), adb=True)
     top = max(args.device_counts)
     model_dir = ensure_models(top + args.candidates_per_device * top + 3 * top)
     sizes = [p.stat().st_size for p in (model_dir / "models").glob("cand-*.tflite")]

@@ -33,9 +33,7 @@ import json
 import logging
 import math
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 import tomllib
@@ -51,6 +49,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from bench.machine import machine_info  # noqa: E402
 
 log = logging.getLogger("search_bench")
 
@@ -400,47 +400,6 @@ def stage_times(frame: pd.DataFrame, timing: dict) -> dict:
 # --- the report -------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
-        pass
-    try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        nproc = str(len(os.sched_getaffinity(0)))
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    versions = {}
-    import importlib.metadata as md
-
-    for package in ("tensorflow-cpu", "keras", "optuna", "ai-edge-litert", "qkeras"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return {"nproc": nproc, "cpu": cpu, "memory": mem, "python": platform.python_version(),
-            "kernel": platform.release(), "commit": commit, "versions": versions}
-
-
 def _f(value, fmt: str = ".4g", missing: str = "n/a") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
@@ -777,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
-    machine = machine_info()
+    machine = machine_info(("tensorflow-cpu", "keras", "optuna", "ai-edge-litert", "qkeras"))
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     for sampler in args.samplers:
