@@ -280,6 +280,7 @@ class DeviceSamplingMeter(PowerMeter):
         self._io_lock = threading.Lock()  # one remote command of this meter at a time
         self._state_lock = threading.Lock()
         self._windows: dict[str, _Open] = {}
+        self._unstopped: list[_Open] = []  # loops a broken link kept us from stopping
         self._closed = False
         # fixed by prepare()
         self._device_clock: DeviceClock | None = None
@@ -364,6 +365,8 @@ class DeviceSamplingMeter(PowerMeter):
         with self._state_lock:
             self._check_can_open(key)
         self.prepare()
+        if self._unstopped:
+            self._stop_quietly([])  # loops of windows cut off earlier: another try
         log = posixpath.join(self._log_dir, f"sampler-{uuid.uuid4().hex[:16]}.log")
         q = shlex.quote(log)
         command = (
@@ -430,7 +433,7 @@ class DeviceSamplingMeter(PowerMeter):
             self._closed = True
             windows = list(self._windows.values())
             self._windows.clear()
-        if windows:
+        if windows or self._unstopped:
             self._stop_quietly(windows)
 
     # -- internals --------------------------------------------------------------------------------
@@ -517,15 +520,19 @@ class DeviceSamplingMeter(PowerMeter):
         return result.stdout
 
     def _stop_quietly(self, windows: Sequence[_Open]) -> None:
-        """Kill the windows' loops and remove their logs (one round trip; never raises). A
-        loop that could not be killed stops by itself at its next sample, its log gone."""
+        """Kill the windows' loops (and those an earlier try could not reach) and remove their
+        logs: one round trip; never raises. A loop not reached (the link broke) is tried again
+        at the next window and at close, and stops by itself after ``max_window_s``."""
+        pending = [*self._unstopped, *windows]
         parts = [f"l={shlex.quote(w.log)}; p={w.pid}; if {self._identify}; then "
-                 f'kill -9 -"$p" "$p" 2>/dev/null; fi; rm -f "$l" "$l.err"' for w in windows]
+                 f'kill -9 -"$p" "$p" 2>/dev/null; fi; rm -f "$l" "$l.err"' for w in pending]
         try:
             with self._io_lock:
                 self._transport.run("; ".join(parts) + "; true", timeout_s=self._timeout_s)
         except Exception:  # noqa: BLE001 - best effort: cancel and close never raise
-            pass
+            self._unstopped = pending
+        else:
+            self._unstopped = []
 
     def _check_can_open(self, key: str) -> None:
         """Raise unless ``key`` may be opened now (caller holds the state lock)."""

@@ -471,8 +471,9 @@ class RemoteDevice(Device):
         """Net energy per inference of the prepared model, by the configured protocol.
 
         The meter is built per link: what it found on the device (hwmon numbers, ODPM files,
-        a sampler's clock) may differ after a reconnect or a reboot. After a failure, sampler
-        logs the meter could not stop (the link broke) are removed, which ends their loops.
+        a sampler's clock) may differ after a reconnect or a reboot. After a failure it is
+        closed at once, so whatever it left running on the device (a sampling loop whose window
+        the broken link cut off) is stopped now, not at the next measurement.
         """
         self._link()
         if self._meter is None or self._meter_link != self.link_opens:
@@ -492,19 +493,13 @@ class RemoteDevice(Device):
                 charging=lambda: self._call(lambda t: device_is_charging(t, short)),
                 cpu_freqs=lambda: self._call(lambda t: read_cpu_max_freqs_khz(t, short)))
         except BaseException:
-            self._end_orphan_samplers()
+            try:
+                self._link()  # reconnect (counted as a new link) so the meter can reach its loops
+            except DeviceError:
+                pass
+            self._meter.close()
+            self._meter = None
             raise
-
-    def _end_orphan_samplers(self) -> None:
-        """Remove the device-side sampler logs: a loop whose log is gone exits at its next sample."""
-        log_dir = getattr(self._meter, "log_dir", None)
-        if not log_dir:
-            return
-        try:
-            self._call(lambda t: t.run(["sh", "-c", 'rm -f "$1"/sampler-*', "sh", str(log_dir)],
-                                       timeout_s=self.timeouts.cleanup_s), retry_lost=True)
-        except DeviceError as e:
-            _log.warning("device %r: could not stop its meter's sampler loops: %s", self.name, e)
 
     def prepare(self, model_path: Path, probe_input: np.ndarray | None = None) -> PreparedRun:
         """A fresh run directory with the model, the runner and the probe pushed (sha256-checked).

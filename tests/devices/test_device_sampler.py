@@ -401,3 +401,20 @@ def test_host_sampling_stays_available(board: SshTransport, tmp_path: Path) -> N
             meter.begin_window("w")
             time.sleep(0.3)
             assert meter.end_window("w").avg_power_mw == pytest.approx(1000.0, rel=1e-3)
+
+
+def test_a_loop_cut_off_by_a_broken_link_is_stopped_once_the_link_is_back(board: SshTransport,
+                                                                          tmp_path: Path) -> None:
+    watts = tmp_path / "watts"
+    watts.write_text("1.5\n")
+    meter = DeviceSamplingMeter("pi5:direct", board, f"cat {shlex.quote(str(watts))}",
+                                lambda text: PowerReading({"board": 1000.0 * float(text)}),
+                                interval_s=0.05)
+    meter.begin_window("cut")
+    board.close()  # as a device closes a link that timed out or was lost
+    meter.cancel_window("cut")  # cannot reach the device: the loop is remembered, not forgotten
+    assert sampler_pids(meter.log_dir, settle_s=0)
+    board.open()
+    meter.close()
+    assert sampler_pids(meter.log_dir) == []
+    assert list(Path(meter.log_dir).iterdir()) == []
