@@ -6,7 +6,6 @@ next candidate can train while this one is measured.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,17 +27,9 @@ from search.quantizers import Scheme
 from search.space import SearchSpace
 from search.training import TrainResult, evaluate_keras, train_candidate
 
-__all__ = ["HostOutcome", "CandidateEvaluator", "sha256_file", "PJ_PER_MJ"]
+__all__ = ["HostOutcome", "CandidateEvaluator", "PJ_PER_MJ"]
 
 PJ_PER_MJ = 1e9
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

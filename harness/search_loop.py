@@ -30,11 +30,12 @@ import optuna
 from tqdm import tqdm
 
 from devices.base import Device, MeasureSettings, Measurement
+from devices.files import sha256_file
 from devices.fleet import Fleet, FleetResult
 from harness.config import SearchConfig
 from harness.data import Dataset, check_fits, load_dataset
 from harness.errors import HarnessError, InputError
-from harness.evaluate import CandidateEvaluator, HostOutcome, sha256_file
+from harness.evaluate import CandidateEvaluator, HostOutcome
 from harness.fleet_setup import inventory_from, open_devices, open_fleet
 from harness.host_gate import HostCpuGate
 from harness.objectives import (

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 
+from devices import files
 from devices.base import REACHABLE_FACT, Device, DeviceError, HealthReport, MeasureSettings, Measurement
 from devices.energy_protocol import EnergyProtocol, EnergyResult, measure_energy
 from devices.inventory import DeviceSpec
@@ -89,7 +90,7 @@ __all__ = [
     "parse_df_free_mb",
     "parse_key_values",
     "parse_millidegrees",
-    "sha256_file",
+    "cached_sha256_file",
     "tail",
 ]
 
@@ -608,7 +609,7 @@ class RemoteDevice(Device):
         """
         if not local.is_file():
             raise DeviceError(f"device {self.name!r}: {local} does not exist on the host")
-        digest = sha256_file(local)
+        digest = cached_sha256_file(local)
         cache = f"{self.spec.workdir}/{_CACHE_DIR}/{digest[:16]}"
         remote = f"{cache}/{name}"
         command_s = timeout_s or self.timeouts.command_s
@@ -808,23 +809,15 @@ def key_value_script(commands: Mapping[str, str]) -> str:
 _HOST_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def sha256_file(path: Path) -> str:
+def cached_sha256_file(path: Path) -> str:
     """The file's sha256; remembered by (path, size, mtime) so a runner binary of many MB is not
     hashed again for every measurement (a rebuilt binary changes its mtime)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     known = _HOST_DIGESTS.get(key)
     if known is None:
-        known = _HOST_DIGESTS[key] = _hash_file(path)
+        known = _HOST_DIGESTS[key] = files.sha256_file(path)
     return known
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tail(text: str, limit: int = 200) -> str:

@@ -25,7 +25,6 @@ stderr where there is one.
 from __future__ import annotations
 
 import abc
-import hashlib
 import os
 import posixpath
 import re
@@ -40,6 +39,7 @@ from types import TracebackType
 from typing import Self
 
 from devices.base import DeviceError
+from devices.files import sha256_file
 
 __all__ = [
     "CommandResult",
@@ -292,7 +292,7 @@ class Transport(abc.ABC):
         if not local.is_file():
             raise TransportError(self.name, f"push {str(local)!r}", "local file does not exist")
         deadline = self._deadline(timeout_s, f"push {str(local)!r} -> {remote!r}")
-        digest = _sha256_file(local)
+        digest = sha256_file(local)
         self._put(local, remote, deadline)
         check = self._run_until(["sh", "-c", 'sha256sum < "$1"', "sh", remote], deadline)
         match = _SHA256_RE.search(check.stdout)
@@ -432,11 +432,3 @@ class Transport(abc.ABC):
             return int(line[len(mark) :]), rest
         except ValueError:
             return None, stdout
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
