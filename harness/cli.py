@@ -11,12 +11,16 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
 from harness.errors import HarnessError, InputError  # noqa: E402
+
+if TYPE_CHECKING:  # the module imports TensorFlow: only commands that need it load it
+    from harness.report import StudyReport
 
 __all__ = ["main", "cli"]
 
@@ -88,14 +92,7 @@ def search(config_path: Path | None, trials, sampler, study, results_dir, device
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
     click.echo(f"study {config.study}: {counts}")
     click.echo(f"Pareto front ({', '.join(f'{k} {v[:3]}' for k, v in report.objectives.items())}):")
-    click.echo(report.table)
-    click.echo(f"trials: {report.csv_path} and {report.parquet_path.name}")
-    if report.plot_path is not None:
-        click.echo(f"plot: {report.plot_path}")
-    if report.calibration_text:
-        click.echo(report.calibration_text)
-    if report.calibration_plot_path is not None:
-        click.echo(f"estimate vs measurement: {report.calibration_plot_path}")
+    _print_report(report)
     click.echo(f"Pareto models: {report.csv_path.parent / 'pareto'} ({len(report.kept)} files)")
 
 
@@ -163,15 +160,19 @@ def report(study: str, results_dir: Path) -> None:
     """Export STUDY's trials and print its Pareto front."""
     from harness.report import build_report
 
-    result = build_report(results_dir, study)
-    click.echo(result.table)
-    click.echo(f"trials: {result.csv_path} and {result.parquet_path.name}")
-    if result.plot_path is not None:
-        click.echo(f"plot: {result.plot_path}")
-    if result.calibration_text:
-        click.echo(result.calibration_text)
-    if result.calibration_plot_path is not None:
-        click.echo(f"estimate vs measurement: {result.calibration_plot_path}")
+    _print_report(build_report(results_dir, study))
+
+
+def _print_report(report: StudyReport) -> None:
+    """The Pareto table, where the exports went, and the estimate-vs-measurement section."""
+    click.echo(report.table)
+    click.echo(f"trials: {report.csv_path} and {report.parquet_path.name}")
+    if report.plot_path is not None:
+        click.echo(f"plot: {report.plot_path}")
+    if report.calibration_text:
+        click.echo(report.calibration_text)
+    if report.calibration_plot_path is not None:
+        click.echo(f"estimate vs measurement: {report.calibration_plot_path}")
 
 
 @cli.group()
