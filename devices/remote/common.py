@@ -639,6 +639,7 @@ class RemoteDevice(Device):
             except DeviceError as e:
                 _log.warning("device %r: could not remove %s: %s", self.name, partial, e)
             raise
+        self._verified_cache[remote] = self.link_opens  # the push itself was sha256-checked
         return remote, digest
 
     def _named(self, error: RunnerError, what: str) -> RunnerError:
