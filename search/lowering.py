@@ -97,14 +97,16 @@ def precision_for(kernel: Scheme, activation: Scheme) -> Precision:
 
     A non-float kernel of at most 8 bits lowers to ``int8``; a ``float16`` kernel to
     ``float16``; anything else to ``float32``. That includes ``fixed(M)`` with M > 8: an int8
-    tensor cannot hold its grid, so int8 would silently re-round the trained weights.
+    tensor cannot hold its grid, so int8 would merge its points. A ``fixed`` or ``po2`` grid of
+    at most 8 bits is re-rounded by at most half an int8 step (see
+    :attr:`~search.quantizers.Scheme.int8_exact`).
 
     The kernel decides alone. ``activation`` is taken so that callers pass a layer's whole
     choice and the rule can grow without changing them: int8 TFLite quantizes every activation
     to 8 bits by calibration whatever its training scheme was.
     """
     del activation  # see the docstring: int8 activations come from calibration
-    if kernel.fits_int8:
+    if kernel.lowers_to_int8:
         return "int8"
     if kernel.is_float and kernel.bits == 16:
         return "float16"

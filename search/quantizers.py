@@ -18,7 +18,14 @@ name            values                                      bits
 
 Training uses qkeras-v3 quantizers (straight-through estimators). Weight quantizers get a
 per-channel power-of-two scale (``alpha="auto_po2"``): that is the constant exponent ``c`` of
-document 000's bit tuples, and it keeps every scheme exactly representable in int8 TFLite.
+document 000's bit tuples.
+
+Every scheme of at most 8 bits lowers to an int8 TFLite kernel (:attr:`Scheme.lowers_to_int8`),
+but only the binary and ternary grids keep their exact values there
+(:attr:`Scheme.int8_exact`): TFLite's per-channel weight scale is ``max|w| / 127``, not a power
+of two, so the points of a ``fixed`` or ``po2`` grid are re-rounded to the nearest int8 step, by
+at most half a step (``max|w| / 254``). The search records the .tflite's accuracy next to the
+Keras accuracy and flags a lowering that loses more than its tolerance.
 """
 
 from __future__ import annotations
@@ -107,9 +114,20 @@ class Scheme:
         return self.kind == "float"
 
     @property
-    def fits_int8(self) -> bool:
-        """Whether every value of this scheme is exactly representable by int8 TFLite."""
+    def lowers_to_int8(self) -> bool:
+        """Whether a kernel of this scheme becomes int8 in the .tflite (at most 8 bits, not float)."""
         return not self.is_float and self.bits <= 8
+
+    @property
+    def int8_exact(self) -> bool:
+        """Whether int8 TFLite holds a kernel of this scheme without re-rounding it.
+
+        A grid of one magnitude per channel (binary ``±a``, binary01 ``{0, a}``, ternary
+        ``{-a, 0, a}``) maps to ``{-127, 0, 127}`` exactly under TFLite's ``max|w| / 127``
+        scale. A ``fixed`` or ``po2`` grid has several magnitudes whose ratios 127 does not
+        divide, so the lowering moves them by up to half an int8 step.
+        """
+        return self.kind in ("binary", "binary01", "ternary")
 
     def weight_quantizer(self) -> object | None:
         """A QKeras quantizer for a kernel, or ``None`` for float (trained unquantized)."""

@@ -301,6 +301,46 @@ def test_int8_of_po2_grid_weights_keeps_accuracy(digits) -> None:
     assert int8.size_bytes < float32.size_bytes
 
 
+def _int8_conv_kernel(tflite: bytes, layer: str) -> np.ndarray:
+    """The int8 kernel of conv ``layer`` in the .tflite, dequantized per output channel."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite)
+    for detail in interpreter.get_tensor_details():
+        if detail["dtype"] == np.int8 and len(detail["shape"]) == 4 and layer in detail["name"]:
+            scales = detail["quantization_parameters"]["scales"]
+            assert detail["quantization_parameters"]["quantized_dimension"] == 0
+            values = interpreter.get_tensor(detail["index"]).astype(np.float64)  # constant: readable
+            return values * scales.reshape(-1, 1, 1, 1)  # OHWI
+    raise AssertionError(f"no int8 kernel of {layer} in the model")
+
+
+@pytest.mark.parametrize("grid", ["ternary", "fixed(4)"])
+def test_int8_holds_ternary_kernels_exactly_and_rerounds_fixed_grids(grid: str, x8: np.ndarray) -> None:
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    hidden = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu", name="c1")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(hidden))
+    kernel, bias = model.get_layer("c1").get_weights()
+    rng = np.random.default_rng(1)
+    scale = 2.0 ** -rng.integers(2, 6, size=kernel.shape[-1])  # a power-of-two scale per channel
+    levels = rng.integers(-1, 2, size=kernel.shape) if grid == "ternary" else rng.integers(-7, 8, size=kernel.shape)
+    levels[0, 0, 0, :] = levels.max()  # every channel reaches its largest level
+    model.get_layer("c1").set_weights([(levels * scale).astype(np.float32), bias])
+
+    lowered = lower(model, {"c1": "int8", "fc": "int8"}, x8)
+    stored = np.transpose(_int8_conv_kernel(lowered.tflite_bytes, "c1"), (1, 2, 3, 0))  # OHWI -> HWIO
+    trained = levels * scale
+    assert parse_scheme(grid).int8_exact is (grid == "ternary")
+    if grid == "ternary":
+        np.testing.assert_allclose(stored, trained, rtol=1e-6, atol=0)
+    else:
+        half_step = np.abs(trained).max(axis=(0, 1, 2)) / 127 / 2
+        error = np.abs(stored - trained)
+        assert np.all(error <= half_step * (1 + 1e-6))
+        assert error.max() > 0  # 127 / 7 is no integer: the grid's points moved
+
+
 # --- files and errors ---------------------------------------------------------------------------
 
 

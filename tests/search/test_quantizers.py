@@ -105,22 +105,26 @@ def test_scheme_constructor_refuses_what_its_name_cannot_express(args: tuple) ->
 
 
 @pytest.mark.parametrize(
-    ("text", "bits", "fits_int8", "bit_tuple"),
+    ("text", "bits", "lowers_to_int8", "int8_exact", "bit_tuple"),
     [
-        ("binary", 1, True, (1, 0, 0)),
-        ("binary01", 1, True, (0, 0, 1)),
-        ("ternary", 2, True, (-1, 0, 1)),
-        ("po2(4)", 4, True, (1, 3, 0)),
-        ("fixed(8)", 8, True, (1, 0, 7)),
-        ("fixed(16)", 16, False, (1, 0, 15)),
-        ("float16", 16, False, (1, 5, 10)),
-        ("float32", 32, False, (1, 8, 23)),
+        ("binary", 1, True, True, (1, 0, 0)),
+        ("binary01", 1, True, True, (0, 0, 1)),
+        ("ternary", 2, True, True, (-1, 0, 1)),
+        ("po2(4)", 4, True, False, (1, 3, 0)),
+        ("fixed(4)", 4, True, False, (1, 0, 3)),
+        ("fixed(8)", 8, True, False, (1, 0, 7)),
+        ("fixed(16)", 16, False, False, (1, 0, 15)),
+        ("float16", 16, False, False, (1, 5, 10)),
+        ("float32", 32, False, False, (1, 8, 23)),
     ],
 )
-def test_bits_int8_fit_and_document_bit_tuples(text: str, bits: int, fits_int8: bool, bit_tuple: tuple) -> None:
+def test_bits_int8_lowering_and_document_bit_tuples(
+    text: str, bits: int, lowers_to_int8: bool, int8_exact: bool, bit_tuple: tuple
+) -> None:
     scheme = parse_scheme(text)
     assert scheme.bits == bits
-    assert scheme.fits_int8 is fits_int8
+    assert scheme.lowers_to_int8 is lowers_to_int8
+    assert scheme.int8_exact is int8_exact
     assert scheme.bit_tuple() == bit_tuple
     assert scheme.is_float is text.startswith("float")
 
