@@ -157,6 +157,8 @@ class CandidateEvaluator:
                 result: TrainResult = train_candidate(
                     model, data.x_train, data.y_train, data.x_val, data.y_val,
                     self.config.training, callbacks=[gate_callback, *callbacks],
+                    # the search's own callbacks are pruners that read each epoch's accuracy
+                    validate_each_epoch=bool(callbacks),
                 )
                 outcome.keras_accuracy = result.val_accuracy
                 outcome.epochs_run = result.epochs_run

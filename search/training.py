@@ -16,6 +16,10 @@ import numpy as np
 
 __all__ = ["TrainSettings", "TrainResult", "train_candidate", "evaluate_keras", "loss_for"]
 
+#: Validation needs no gradients, so it runs in larger batches than training: on the CPU a
+#: 10,000-image validation at batch 64 took about as long as a 6,000-image training epoch.
+VALIDATION_BATCH_SIZE = 512
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -80,11 +84,16 @@ def train_candidate(
     y_val: np.ndarray,
     settings: TrainSettings,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    *,
+    validate_each_epoch: bool = False,
 ) -> TrainResult:
     """Fine-tune ``model`` in place on a stratified fraction of the training split.
 
     ``callbacks`` may stop training early (a pruner) by raising from a hook; the exception
-    propagates to the caller.
+    propagates to the caller. They also see the final validation's test batches.
+
+    The validation split is evaluated once, after training, unless ``validate_each_epoch``:
+    a pruner reading ``val_accuracy`` at each epoch's end needs it every epoch.
     """
     keras.utils.set_random_seed(settings.seed)
     _compile(model, settings.learning_rate)
@@ -97,13 +106,20 @@ def train_candidate(
             y_train[index],
             batch_size=settings.batch_size,
             epochs=settings.epochs,
-            validation_data=(x_val, y_val),
+            validation_data=(x_val, y_val) if validate_each_epoch else None,
+            validation_batch_size=VALIDATION_BATCH_SIZE,
             callbacks=list(callbacks),
             verbose=0,
         )
         history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    if "val_accuracy" in history:
+        accuracy = history["val_accuracy"][-1]
+    else:
+        accuracy = model.evaluate(
+            x_val, y_val, batch_size=VALIDATION_BATCH_SIZE, callbacks=list(callbacks),
+            verbose=0, return_dict=True,
+        )["accuracy"]
     train_s = time.perf_counter() - started
-    accuracy = history["val_accuracy"][-1] if history else evaluate_keras(model, x_val, y_val)
     return TrainResult(float(accuracy), len(history.get("loss", [])), train_s, history)
 
 
