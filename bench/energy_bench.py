@@ -46,6 +46,7 @@ the raw numbers (every measurement with its energy detail) to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -142,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("sizes must be > 0 ms")
     if args.sweep_measures < 1:
         p.error("--sweep-measures must be >= 1")
-    if not 0 < args.active_mw or args.idle_mw < 0:
+    if not args.active_mw > 0 or args.idle_mw < 0:
         p.error("--active-mw must be > 0 and --idle-mw >= 0")
     return args
 
@@ -176,9 +177,8 @@ class Case:
 
 def build_models(folder: Path, with_litert: bool) -> tuple[Path, list[tuple[Path, dict]]]:
     """The tiny model the sleeping tool loads (for the output check) and the LiteRT series."""
-    import numpy as np
-
     import keras
+    import numpy as np
 
     from search.lowering import lower
 
@@ -262,10 +262,8 @@ class Bench:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             self.server.adb("disconnect", self.peer.serial, timeout_s=10.0)
-        except (OSError, subprocess.SubprocessError):
-            pass
         self.peer.stop()
         self.server.stop()
 
@@ -490,7 +488,8 @@ def decomposition_table(rows: list[dict], label) -> list[str]:
         def ms(values):
             return f"{_f(_median(values), '+.1f')}, {_f(_sd(values), '.1f')}"
         out.append(f"| {label(r)} | {ms(r['total_ms'])} | {ms(r['workload_ms'])} | {ms(r['meter_ms'])} "
-                   f"| {_f(1000 * _median(r['fixed_short_s']), '.0f')} / {_f(1000 * _median(r['fixed_long_s']), '.0f')} "
+                   f"| {_f(1000 * _median(r['fixed_short_s']), '.0f')} / "
+                   f"{_f(1000 * _median(r['fixed_long_s']), '.0f')} "
                    f"| {_f(1000 * _median(r['command_short_s']), '.0f')} / "
                    f"{_f(1000 * _median(r['command_long_s']), '.0f')} |")
     return out
@@ -560,7 +559,8 @@ def reading(rows: list[dict], args: argparse.Namespace) -> list[str]:
         medians = [_median(r["total_ms"]) for r in main if r["total_ms"]]
         out.append(
             f"- **Where the error comes from.** In active time (error × inferences ÷ {args.active_mw:g} mW, "
-            "the table 'Where each repeat's error comes from'), a repeat's error over all sizes of both series is median "
+            "the table 'Where each repeat's error comes from'), a repeat's error over all sizes of both series "
+            "is median "
             f"{_f(_median(all_total), '+.1f')} ms, sd {_f(_sd(all_total), '.1f')} ms, and the per-size "
             f"medians range over {_f(min(medians), '+.1f')} … {_f(max(medians), '+.1f')} ms while the "
             "differenced timed loop is the same min_window_s for every size: apart from a "
@@ -655,19 +655,19 @@ def reading(rows: list[dict], args: argparse.Namespace) -> list[str]:
                          + "/".join(_f(100 * r["cv"], '.1f') for r in group) + " %, measure error "
                          + "/".join(_pct(r["error"], 1) for r in group))
         windows = sorted(by_window)
-        rel = [sd / (1000 * w) for sd, w in zip(sds, windows)]
+        rel = [sd / (1000 * w) for sd, w in zip(sds, windows, strict=True)]
         verdict = ""
         if len(windows) > 1 and all(math.isfinite(v) and v > 0 for v in rel):
             gain, wider = rel[0] / rel[-1], windows[-1] / windows[0]
             how = ("about in proportion to the window" if 0.7 * wider <= gain <= 1.3 * wider else
                    "less than in proportion to the window" if gain < 0.7 * wider else
                    "more than in proportion to the window")
-            verdict = (f" As a share of the window the per-repeat sd is "
+            verdict = (" As a share of the window the per-repeat sd is "
                        + ", ".join(f"{_f(100 * v, '.1f')} %" for v in rel)
                        + f": {_f(gain, '.1f')} × smaller for a {wider:g} × longer window, {how} "
                        "(the jitter in ms grew with the window in this run: "
                        + " → ".join(f"{_f(v, '.0f')}" for v in sds) + " ms)." if gain < 0.7 * wider else
-                       f" As a share of the window the per-repeat sd is "
+                       " As a share of the window the per-repeat sd is "
                        + ", ".join(f"{_f(100 * v, '.1f')} %" for v in rel)
                        + f": {_f(gain, '.1f')} × smaller for a {wider:g} × longer window, {how}.")
         out.append(f"- **Error vs window** ({args.sweep_size:g} ms inferences, {args.repeats} repeats): "

@@ -45,6 +45,7 @@ the raw numbers to ``bench/_runs/fleet-bench/last.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -423,10 +424,8 @@ class Peers:
 
     def stop(self) -> None:
         for proc in self.procs:
-            try:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
         for proc in self.procs:
             try:
                 proc.wait(timeout=10)
@@ -508,11 +507,12 @@ def calibrate_link(device, server, serial: str, work: Path, repeats: int = 20) -
 
 
 def run_phase(n: int, repeat: int, args: argparse.Namespace, server, model_dir: Path, run_root: Path) -> dict:
+    import numpy as np
+
     from devices.base import MeasureSettings
     from devices.inventory import parse_inventory
     from harness.config import MeasureConfig
     from harness.fleet_setup import open_devices, open_fleet
-    import numpy as np
 
     phase_dir = run_root / f"n{n}-r{repeat}"
     phase_dir.mkdir(parents=True)
@@ -762,17 +762,20 @@ def render(args: argparse.Namespace, summaries: list[dict], machine: dict, start
         "writes the model's real output bytes (computed once beforehand with LiteRT on the host for "
         "that model and probe) to `--output_filepath`, so the harness pulls and checks an output as "
         f"with a real phone ({matched}). The wrapper is padded to "
-        f"{args.runner_mb:g} MiB so its first push moves about as much as a real arm64 `benchmark_model`.",
+        f"{args.runner_mb:g} MiB so its first push moves about as much as a real arm64 "
+        "`benchmark_model`.",
         "- **Harness side: the real code path.** Inventory TOML → `harness.fleet_setup.open_devices` "
         "(`AndroidDevice` per phone, all tagged `emu-phone`, so **one device class**) → `open_fleet` "
         f"(fresh lease/health database per run, harness defaults: lease TTL {defaults.lease_ttl_s:g} s, "
         f"{defaults.retries} retries, quarantine after {defaults.quarantine_after}) → N worker "
         "threads each calling `fleet.measure(model, settings, probe)` on the next ready candidate (the "
         "search's measurement pool has one worker per device of the widest class). "
-        f"Settings: min_seconds {args.min_seconds:g}, warm-up runs {args.warmup_runs}, min runs {args.min_runs}, 1 thread.",
+        f"Settings: min_seconds {args.min_seconds:g}, warm-up runs {args.warmup_runs}, "
+        f"min runs {args.min_runs}, 1 thread.",
         f"- **Candidates**: distinct float32 `.tflite` files (document 000's reference on 8×8×1 inputs, "
-        f"{args.model_kb:.0f} KB each, one weight seed each), never measured twice in a run; per N: a warm-up round of N "
-        f"candidates (each device's first measurement), then the steady run of K × N = {args.candidates_per_device} × N "
+        f"{args.model_kb:.0f} KB each, one weight seed each), never measured twice in a run; "
+        "per N: a warm-up round of N candidates (each device's first measurement), then the steady run "
+        f"of K × N = {args.candidates_per_device} × N "
         "candidates, timed from the first submission to the last result. Devices, adb connections and "
         "the lease database are fresh for each N.",
         "- **Attribution**: the bench wraps (in its own process, no harness file changed) the fleet's "
@@ -788,11 +791,15 @@ def render(args: argparse.Namespace, summaries: list[dict], machine: dict, start
         "`device.measure` / steady wall time, per device (mean, min–max); timed-window share = the "
         "devices' timed windows / wall time (the part that is the measurement itself).",
         "",
-        f"Each N was run {args.repeats} time(s), interleaved ({', '.join(map(str, args.device_counts))}, then again); "
+        f"Each N was run {args.repeats} time(s), interleaved "
+        f"({', '.join(map(str, args.device_counts))}, then again); "
         "the bold figures are means over those runs, efficiency from the mean rates; each run's own "
         "rate and efficiency (against the N = 1 run of the same round) follow in brackets.",
         "",
-        "| devices N | candidates (ok / failed), all runs | steady wall per run (s) | candidates / min | per run | ideal N × rate₁ | scaling efficiency | per run | busy share mean (min–max over devices and runs) | timed-window share | wall per measurement (s) | measurements per device, all runs | load avg start→end per run |",
+        "| devices N | candidates (ok / failed), all runs | steady wall per run (s) | candidates / min "
+        "| per run | ideal N × rate₁ | scaling efficiency | per run "
+        "| busy share mean (min–max over devices and runs) | timed-window share | wall per measurement (s) "
+        "| measurements per device, all runs | load avg start→end per run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
@@ -839,7 +846,9 @@ def render(args: argparse.Namespace, summaries: list[dict], machine: dict, start
         "and then the measurement itself; later measurements find the runner cached and a fresh "
         "health record.",
         "",
-        "| N | first measurements (devices × runs) | first measurement wall | connect | health check (its commands and code, excl. connect and runner push) | runner cache check/push | timed window | rest | shell commands / pushes | steady wall for comparison | warm-up round wall (s) |",
+        "| N | first measurements (devices × runs) | first measurement wall | connect "
+        "| health check (its commands and code, excl. connect and runner push) | runner cache check/push "
+        "| timed window | rest | shell commands / pushes | steady wall for comparison | warm-up round wall (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
@@ -853,7 +862,8 @@ def render(args: argparse.Namespace, summaries: list[dict], machine: dict, start
         lines.append(
             f"| {s['n']} | {s['first_n']} | {_ms(s['first_wall_s'])} | {_ms(f['connect'])} | {_ms(health)} | "
             f"{_ms(f['runner cache check/push'])} | {_ms(f['timed window'])} | {_ms(rest)} | "
-            f"{fc['shell commands']:.0f} / {fc['file pushes']:.0f} | {_ms(s['measurement_wall_s'])} | {s['warm_wall_s']:.2f} |")
+            f"{fc['shell commands']:.0f} / {fc['file pushes']:.0f} | {_ms(s['measurement_wall_s'])} | "
+            f"{s['warm_wall_s']:.2f} |")
     lines += [
         "",
         "### Host CPU during the steady run",
@@ -918,7 +928,8 @@ def reading(summaries: list[dict]) -> list[str]:
                    f"waiting in that shared path; the bench does not separate the adb server's queue from CPU "
                    f"scheduling. (2) Devices wait between measurements: busy share {_pct(by_n[1]['busy_mean'])} at "
                    f"N = 1, {_pct(s_top['busy_mean'])} at N = {top} (lowest device {_pct(s_top['busy_min'])}). "
-                   f"The fleet's own work (claim, lease database, its per-call thread pool) is {fleet_top * 1e3:.0f} ms "
+                   f"The fleet's own work (claim, lease database, its per-call thread pool) is "
+                   f"{fleet_top * 1e3:.0f} ms "
                    f"per measurement at N = {top}: the fleet does not limit scaling here.")
     for s in summaries:
         p = s["parts"]
@@ -927,7 +938,8 @@ def reading(summaries: list[dict]) -> list[str]:
         code = sum(p[k] for k in HARNESS_CODE)
         runner = p["runner start/warm-up/exit"]
         ranked = sorted(((p[k], k) for k in LINK_OPS), reverse=True)[:3]
-        out.append(f"- N = {s['n']}: overhead {overhead * 1e3:.0f} ms per measurement ({_pct(overhead / s['measurement_wall_s'])} "
+        out.append(f"- N = {s['n']}: overhead {overhead * 1e3:.0f} ms per measurement "
+                   f"({_pct(overhead / s['measurement_wall_s'])} "
                    f"of its wall) around a {p['timed window'] * 1e3:.0f} ms timed window: device link operations "
                    f"{link * 1e3:.0f} ms (largest: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for v, k in ranked)
                    + f"), the runner command beyond its window {runner * 1e3:.0f} ms, the harness's own code "
@@ -946,7 +958,8 @@ def reading(summaries: list[dict]) -> list[str]:
                    f"({cal['run true']:.1f} ms a command, {cal['push 256 B (with sha256 check)']:.1f} ms a push, "
                    f"{cal['pull 256 B']:.1f} ms a pull) that is {estimate:.0f} ms, against {measured * 1e3:.0f} ms "
                    f"measured in link operations at N = {link['n']}. The adb command-line client runs a no-op "
-                   f"command on the same emulated phone in {cal['adb client: adb shell true (process start included)']:.1f} ms "
+                   "command on the same emulated phone in "
+                   f"{cal['adb client: adb shell true (process start included)']:.1f} ms "
                    "including its own process start, so most of a transport command's latency is spent in the "
                    "harness's adb client path, not in the emulated phone.")
     first = [s for s in summaries if s["first"]]
@@ -954,9 +967,12 @@ def reading(summaries: list[dict]) -> list[str]:
         parts = []
         for s in first:
             f = s["first"]
-            parts.append(f"N = {s['n']}: {s['first_wall_s'] * 1e3:.0f} ms (runner push {f['runner cache check/push'] * 1e3:.0f} ms, "
-                         f"connect {f['connect'] * 1e3:.0f} ms, health check {(f['health check'] + f['other commands']) * 1e3:.0f} ms)")
-        out.append(f"- First measurement on a fresh device, against {first[0]['measurement_wall_s'] * 1e3:.0f} ms in steady "
+            parts.append(f"N = {s['n']}: {s['first_wall_s'] * 1e3:.0f} ms "
+                         f"(runner push {f['runner cache check/push'] * 1e3:.0f} ms, "
+                         f"connect {f['connect'] * 1e3:.0f} ms, "
+                         f"health check {(f['health check'] + f['other commands']) * 1e3:.0f} ms)")
+        out.append(f"- First measurement on a fresh device, against {first[0]['measurement_wall_s'] * 1e3:.0f} ms "
+                   "in steady "
                    "state at N = 1: " + "; ".join(parts) + ". The runner push grows with N because the N "
                    "devices of a run push their runner at the same moment, through one adb server, into phones "
                    "emulated on the same host.")

@@ -151,7 +151,7 @@ class Device(abc.ABC):
         """
         return HealthReport(self.name)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract: most devices hold nothing
         """Release connections; a no-op where there are none."""
 
     def __enter__(self) -> Device:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devices.base import Device, DeviceError, HealthReport, MeasureSettings, Measurement
+from devices.base import Device, DeviceError, HealthReport, Measurement, MeasureSettings
 from devices.leases import DeviceState, Lease, LeaseStore, LeaseStoreError, make_owner
 
 if TYPE_CHECKING:

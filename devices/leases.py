@@ -509,7 +509,7 @@ class LeaseStore:
 
 
 def _state(name: str, lease: tuple[str, float] | None, row: tuple[object, ...] | None) -> DeviceState:
-    values = dict(zip(_HEALTH_COLUMNS, row)) if row is not None else {}
+    values = dict(zip(_HEALTH_COLUMNS, row, strict=True)) if row is not None else {}
     checked = values.get("check_ok")
     fields = DeviceState(
         name, "unknown",

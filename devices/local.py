@@ -14,6 +14,7 @@ other work off the CPU meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.metadata
 import os
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from devices.base import Device, DeviceError, MeasureSettings, Measurement
+from devices.base import Device, DeviceError, Measurement, MeasureSettings
 from devices.probe import dequantize, fit_probe, output_digest
 
 if TYPE_CHECKING:
@@ -163,10 +164,8 @@ def host_fingerprint(
         "ai_edge_litert": _version("ai-edge-litert"),
         "numpy": np.__version__,
     }
-    try:
+    with contextlib.suppress(OSError):  # no cpufreq in containers and VMs: leave it out rather than guess
         fingerprint["governor"] = governor.read_text().strip()
-    except OSError:
-        pass  # no cpufreq in containers and VMs: leave it out rather than guess
     return fingerprint
 
 

@@ -125,7 +125,7 @@ def fit_probe(device: str, path: Path, interpreter: Interpreter, detail: Mapping
     where = f"device {device!r}: probe input for {path}"
     if x.shape != shape:
         signature = tuple(int(d) for d in detail["shape_signature"])  # type: ignore[attr-defined]
-        if len(signature) != x.ndim or not all(s in (-1, d) for s, d in zip(signature, x.shape)):
+        if len(signature) != x.ndim or not all(s in (-1, d) for s, d in zip(signature, x.shape, strict=True)):
             raise DeviceError(f"{where}: shape {x.shape} does not fit the model's input {shape}")
         try:
             interpreter.resize_tensor_input(detail["index"], list(x.shape))  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
-from harness.errors import HarnessError, InputError  # noqa: E402
+from harness.errors import HarnessError, InputError
 
 if TYPE_CHECKING:  # the module imports TensorFlow: only commands that need it load it
     from harness.report import StudyReport
@@ -75,7 +75,9 @@ def cli(verbose: int) -> None:
               help="Device inventory TOML (repeatable; default: devices/*.toml here).")
 @click.option("--seed", type=int)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def search(config_path: Path | None, trials, sampler, study, results_dir, devices, inventory, seed, no_progress) -> None:
+def search(
+    config_path: Path | None, trials, sampler, study, results_dir, devices, inventory, seed, no_progress
+) -> None:
     """Run (or resume) a search from CONFIG_PATH (TOML; defaults: the built-in example on digits)."""
     from harness.config import SearchConfig, load_config
     from harness.report import build_report
@@ -146,7 +148,8 @@ def measure(model_path: Path, device_name: str, inventory, results_dir: Path, th
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
         return
-    energy = "n/a (no power meter)" if result.energy_mj_median is None else f"{result.energy_mj_median:.4g} mJ ({result.energy_source})"
+    energy = ("n/a (no power meter)" if result.energy_mj_median is None
+              else f"{result.energy_mj_median:.4g} mJ ({result.energy_source})")
     click.echo(
         f"{result.device}: latency median {result.latency_ms_median:.4g} ms, p90 {result.latency_ms_p90:.4g} ms "
         f"over {result.n_inferences} inferences in {result.window_s:.2f} s; energy {energy}"
@@ -155,7 +158,8 @@ def measure(model_path: Path, device_name: str, inventory, results_dir: Path, th
 
 @cli.command()
 @click.argument("study")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
 def report(study: str, results_dir: Path) -> None:
     """Export STUDY's trials and print its Pareto front."""
     from harness.report import build_report
@@ -192,6 +196,7 @@ def example_train(dataset: str, epochs: int | None) -> None:
 
 
 from harness.device_commands import devices  # noqa: E402  (the devices group lives in its own module)
+
 cli.add_command(devices)
 
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
-from harness.errors import InputError
-from search.quantizers import UnknownQuantizerError, parse_scheme
 from devices.base import MeasureSettings
 from devices.energy_protocol import EnergyProtocol
-from search.samplers import SAMPLERS, check_sampler_available
+from harness.errors import InputError
+from search.quantizers import UnknownQuantizerError, parse_scheme
+from search.samplers import check_sampler_available
 from search.scoring import ForgivingFactor
 from search.space import (
     DEFAULT_ACTIVATION,

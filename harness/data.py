@@ -239,7 +239,7 @@ def _fashion_mnist_from_keras(missing: Path) -> Dataset:
         from keras.datasets import fashion_mnist
 
         (x_train, y_train), (x_val, y_val) = fashion_mnist.load_data()
-    except Exception as e:  # noqa: BLE001 - any download/cache failure means the same to the user
+    except Exception as e:  # any download/cache failure means the same to the user
         raise InputError(
             f"Fashion-MNIST is not installed at {missing} and keras could not download it "
             f"({type(e).__name__}: {_one_line(e)}); install it with "
@@ -294,7 +294,7 @@ def import_object(spec: str, *, what: str) -> object:
             f"cannot import module {module_name!r} of {what} {spec!r}: {_one_line(e)}; run from "
             f"the directory that holds it or add it to PYTHONPATH"
         ) from e
-    except Exception as e:  # noqa: BLE001 - user code may raise anything at import
+    except Exception as e:  # user code may raise anything at import
         raise InputError(
             f"importing module {module_name!r} of {what} {spec!r} raised "
             f"{type(e).__name__}: {_one_line(e)}"
@@ -320,7 +320,7 @@ def call_module_function(spec: str, *, what: str) -> object:
         raise InputError(f"{what} {spec!r} names a {type(function).__name__}, not a function")
     try:
         return function()
-    except Exception as e:  # noqa: BLE001 - user code may raise anything
+    except Exception as e:  # user code may raise anything
         raise InputError(
             f"{what} function {spec!r} raised {type(e).__name__}: {_one_line(e)}"
         ) from e

@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -232,7 +232,8 @@ def _table(specs: Sequence[DeviceSpec], states: dict[str, DeviceState]) -> str:
             _one_line(state.summary()),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADER) - 1)]
-    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths)), line[-1]]).rstrip()
+    # widths has no entry for the last column, which is not padded
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths, strict=False)), line[-1]]).rstrip()
                      for line in lines)
 
 
@@ -273,7 +274,7 @@ def _address(spec: DeviceSpec) -> str | None:
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds")
 
 
 def _local(timestamp: float | None) -> str:

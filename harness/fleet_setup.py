@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from devices.base import Device, HealthReport, MeasureSettings, Measurement
+from devices.base import Device, HealthReport, Measurement, MeasureSettings
 from devices.energy_protocol import EnergyProtocol
 from devices.factory import make_device
 from devices.fleet import Fleet

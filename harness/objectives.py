@@ -13,7 +13,14 @@ from results.calibration import macs_by_precision
 from results.records import Metric
 from search.estimates import Estimate
 
-__all__ = ["estimate_metrics", "estimated_energy_metric", "host_metrics", "measurement_metrics", "objective_values", "OBJECTIVE_METRIC"]
+__all__ = [
+    "estimate_metrics",
+    "estimated_energy_metric",
+    "host_metrics",
+    "measurement_metrics",
+    "objective_values",
+    "OBJECTIVE_METRIC",
+]
 
 # Which metric each objective reads.
 OBJECTIVE_METRIC = {

@@ -115,7 +115,7 @@ def _load_file(path: Path) -> keras.Model:
         )
     try:
         model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad archive
+    except Exception as e:  # Keras raises many types for a bad archive
         message = " ".join(str(e).split())
         raise InputError(
             f"cannot load reference model file {path}: {type(e).__name__}: {message}; re-save "

@@ -60,7 +60,7 @@ def _objectives(results_dir: Path, study_name: str) -> dict[str, str]:
         names, directions = [], []
     if not names or names == ["score"]:
         names, directions = ["accuracy", "energy"], ["maximize", "minimize"]
-    return {OBJECTIVE_METRIC[n]: d for n, d in zip(names, directions)}
+    return {OBJECTIVE_METRIC[n]: d for n, d in zip(names, directions, strict=True)}
 
 
 def build_report(results_dir: str | Path, study_name: str) -> StudyReport:
@@ -86,10 +86,7 @@ def build_report(results_dir: str | Path, study_name: str) -> StudyReport:
     objectives = _objectives(results_dir, study_name)
     feasible = frame[~frame["flags"].fillna("").str.contains("constraint:")]
     missing = [c for c in objectives if c not in frame.columns]
-    if missing:
-        front = feasible.iloc[0:0]
-    else:
-        front = pareto_front(feasible, objectives)
+    front = feasible.iloc[0:0] if missing else pareto_front(feasible, objectives)
     front = _with_reduction(front, frame)
     plot_path = None
     if {"energy_mj", "accuracy"} <= set(frame.columns) and (feasible["state"] == "complete").any():

@@ -19,8 +19,8 @@ import logging
 import os
 import shutil
 import socket
-from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +29,9 @@ import keras
 import optuna
 from tqdm import tqdm
 
-from devices.base import Device, MeasureSettings, Measurement
+from devices.base import Device, MeasureSettings
 from devices.files import sha256_file
-from devices.fleet import Fleet, FleetResult
+from devices.fleet import FleetResult
 from harness.config import SearchConfig
 from harness.data import Dataset, check_fits, load_dataset
 from harness.errors import HarnessError, InputError
@@ -210,7 +210,7 @@ class SearchRun:
                 try:
                     self._finish(study, store, item)
                     bar.update(1)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - one trial that cannot be finished must not lose the others
                     log.error("trial %d: could not be finished: %s", item.trial.number, e)
 
     _last_error: str | None = None
@@ -299,7 +299,8 @@ class SearchRun:
         cached = store.find_complete(self.config.study, spec.key)
         if cached is not None:
             record.metrics, record.artifacts = dict(cached.metrics), dict(cached.artifacts)
-            record.measurements, record.flags = list(cached.measurements), [*cached.flags, f"reused:{cached.trial_number}"]
+            record.measurements = list(cached.measurements)
+            record.flags = [*cached.flags, f"reused:{cached.trial_number}"]
             record.state = "complete"
             store.put(record)
             study.tell(trial, objective_values(record.metrics, self.config))
@@ -313,7 +314,7 @@ class SearchRun:
             return True
         try:
             model, cost, build_s = self.evaluator.build(spec)
-        except Exception as e:  # a candidate that cannot be built is a failed trial, not a crash
+        except Exception as e:  # noqa: BLE001 - a candidate that cannot be built is a failed trial, not a crash
             return self._fail(study, store, trial, record, f"build failed: {e}")
         record.timings_s["build"] = build_s
         record.metrics.update(estimate_metrics(cost))
@@ -331,7 +332,7 @@ class SearchRun:
             )
         except optuna.TrialPruned:
             return self._settle_unmeasured(study, store, trial, record, "pruned", "pruned during training", bar)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a candidate that cannot be trained is a failed trial, not a crash
             return self._fail(study, store, trial, record, f"train/convert failed: {e}")
         record.timings_s.update(outcome.timings_s)
         record.metrics.update(host_metrics(outcome, self.config))
@@ -396,7 +397,7 @@ class SearchRun:
         assert outcome is not None
         try:
             result = item.future.result()
-        except Exception as e:  # a device bug (not a DeviceError) must not take the search down
+        except Exception as e:  # noqa: BLE001 - a device bug (not a DeviceError) must not take the search down
             self._fail(study, store, item.trial, record, f"measurement failed: {type(e).__name__}: {e}")
             return
         measurements = result.measurements
@@ -409,7 +410,9 @@ class SearchRun:
             lines = [line for lines in result.errors.values() for line in lines]
             self._fail(study, store, item.trial, record, "measurement failed: " + "; ".join(lines))
             return
-        record.metrics.update(measurement_metrics(measurements, outcome.estimate, self.config.measure.latency_aggregate))
+        record.metrics.update(
+            measurement_metrics(measurements, outcome.estimate, self.config.measure.latency_aggregate)
+        )
         if self.config.mode == "score":
             record.metrics["score"] = Metric(self._score(record), "score", "measured")
         excess = self._limit_excess(record)
@@ -550,8 +553,10 @@ class _ScorePruning(keras.callbacks.Callback):
         self.factor = factor
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        accuracy = float((logs or {}).get("val_accuracy", 0.0))
-        self.trial.report(accuracy * self.factor, epoch)
+        logs = logs or {}
+        if "val_accuracy" not in logs:  # training ran without per-epoch validation: a wiring bug
+            raise RuntimeError("score pruning needs val_accuracy at each epoch's end; none was logged")
+        self.trial.report(float(logs["val_accuracy"]) * self.factor, epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -575,7 +580,7 @@ def copy_pareto_artifacts(records: list[TrialRecord], numbers: set[int], out_dir
     for record in records:
         if record.trial_number not in numbers:
             continue
-        for name, artifact in record.artifacts.items():
+        for artifact in record.artifacts.values():
             source = Path(artifact.path)
             if source.exists():
                 suffix = "".join(source.suffixes[-1:])

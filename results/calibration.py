@@ -260,7 +260,7 @@ class Calibration:
             "spearman": self.spearman,
             "spearman_pvalue": self.spearman_pvalue,
             "spearman_fit": self.spearman_fit,
-            "coefficients_mj": dict(zip(self.feature_names, self.coefficients)),
+            "coefficients_mj": dict(zip(self.feature_names, self.coefficients, strict=True)),
             "error_pct": self.error_pct,
             "error_pct_p90": self.error_pct_p90,
             "error_method": self.error_method,
@@ -268,7 +268,7 @@ class Calibration:
             "points": [
                 {"trial_number": t, "estimated_pj": e, "measured_mj": m, "predicted_mj": p}
                 for t, e, m, p in zip(
-                    self.trial_numbers, self.estimated_pj, self.measured_mj, self.predicted_mj
+                    self.trial_numbers, self.estimated_pj, self.measured_mj, self.predicted_mj, strict=True
                 )
             ],
         }
@@ -277,7 +277,7 @@ class Calibration:
         """Two lines: the rank agreement and the fit's error."""
         label = "simulated meter, not a real figure" if self.source == "simulated" else "measured"
         terms = " + ".join(
-            f"{c:.3g}·{n}" for n, c in zip(self.feature_names, self.coefficients) if c > 0
+            f"{c:.3g}·{n}" for n, c in zip(self.feature_names, self.coefficients, strict=True) if c > 0
         )
         return (
             f"{self.device_class} ({label}): n={self.n}, Spearman(estimate, measured) "

@@ -224,9 +224,7 @@ def _normalize(frame: pd.DataFrame, float_columns: list[str]) -> pd.DataFrame:
             column.endswith(_TEXT_SUFFIXES) and not column.startswith("param_")
         ):
             frame[column] = frame[column].astype("str")
-        elif column in float_columns:
-            frame[column] = frame[column].astype("float64")
-        elif frame[column].dtype == object and frame[column].isna().all():
+        elif column in float_columns or (frame[column].dtype == object and frame[column].isna().all()):
             frame[column] = frame[column].astype("float64")
     for column in _NEVER_MISSING:
         frame[column] = frame[column].fillna("")

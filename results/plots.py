@@ -230,7 +230,7 @@ def estimate_vs_measured_figure(
     fig = Figure(figsize=(10.0, 4.0 * len(calibrations)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(calibrations), 2, squeeze=False)
-    for (cls, cal), (left, right) in zip(calibrations.items(), axes):
+    for (cls, cal), (left, right) in zip(calibrations.items(), axes, strict=True):
         measured = np.asarray(cal.measured_mj, dtype=float)
         estimated = np.asarray(cal.estimated_pj, dtype=float)
         predicted = np.asarray(cal.predicted_mj, dtype=float)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from search.candidate import CandidateSpec, LayerChoice
+from search.candidate import CandidateSpec
 from search.channels import ELEMENTWISE_MERGES, is_channel_concat, is_channel_preserving, is_resizable
 from search.graph import INPUT_NODE, ModelGraph
 from search.space import SearchSpace
@@ -217,7 +217,7 @@ def _transfer(
             _copy_along(ref.bias, new.bias, {0: in_map})
         return list(in_map)
     if class_name == "BatchNormalization" and is_channel_preserving(ref):
-        for ref_var, new_var in zip(ref.weights, new.weights):
+        for ref_var, new_var in zip(ref.weights, new.weights, strict=True):
             _copy_along(ref_var, new_var, {0: in_map})
         return list(in_map)
     if class_name == "Flatten":
@@ -227,7 +227,7 @@ def _transfer(
     if is_channel_concat(ref):
         out: ChannelMap = []
         offset = 0
-        for parent_map, tensor in zip(incoming, ref.input):
+        for parent_map, tensor in zip(incoming, ref.input, strict=True):
             out.extend(None if m is None else offset + m for m in parent_map)
             offset += int(tensor.shape[-1])
         return out
@@ -277,7 +277,9 @@ def _copy_along(
         index = [slice(None)] * value.ndim
         index[zero_new_rows] = new_rows
         value[tuple(index)] = 0.0
-    new_pos = [[j for j, m in enumerate(maps.get(a, range(value.shape[a]))) if m is not None] for a in range(value.ndim)]
+    new_pos = [
+        [j for j, m in enumerate(maps.get(a, range(value.shape[a]))) if m is not None] for a in range(value.ndim)
+    ]
     ref_pos = [[m for m in maps.get(a, range(value.shape[a])) if m is not None] for a in range(value.ndim)]
     value[np.ix_(*new_pos)] = ref_value[np.ix_(*ref_pos)]
     new_var.assign(value)

@@ -147,7 +147,7 @@ def find_size_groups(model: keras.Model, graph: ModelGraph) -> SizeGroups:
         elif is_channel_preserving(layer) and len(incoming) == 1:
             segments[node.name] = incoming[0]
         elif node.class_name in ELEMENTWISE_MERGES and _same_layout(incoming):
-            for parts in zip(*incoming):
+            for parts in zip(*incoming, strict=True):  # _same_layout: equal segment counts
                 for source, _ in parts[1:]:
                     sets.union(parts[0][0], source)
             segments[node.name] = incoming[0]

@@ -268,7 +268,7 @@ def _is_quantizable(layer: keras.layers.Layer) -> bool:
 
 
 def _choice(spec: CandidateSpec, name: str) -> LayerChoice:
-    return spec[name] if name in spec else _FLOAT_CHOICE
+    return spec[name] if name in spec else _FLOAT_CHOICE  # noqa: SIM401 - CandidateSpec has no get()
 
 
 def _widest(schemes: Sequence[Scheme]) -> Scheme:

@@ -175,18 +175,19 @@ class SearchSpace:
             key = "size" if self.size_mode == "model" else f"size:{group.name}"
             default = self.model_multipliers if self.size_mode == "model" else group.multipliers
             multipliers[group.name] = float(params.get(key, default[0]))  # type: ignore[arg-type]
+
+        def pick(slot: LayerSlot, role: str, schemes: tuple[Scheme, ...]) -> Scheme:
+            value = params.get(f"{role}:{slot.name}")
+            return schemes[0] if value is None else parse_scheme(str(value))
+
         layers = {}
         for slot in self.slots:
-            def pick(role: str, schemes: tuple[Scheme, ...]) -> Scheme:
-                value = params.get(f"{role}:{slot.name}")
-                return schemes[0] if value is None else parse_scheme(str(value))
-
             kernel_s, bias_s, act_s = self._roles(slot)
             size = slot.reference_size
             if slot.size_group is not None and size is not None:
                 size = scaled_size(size, multipliers[slot.size_group])
             layers[slot.name] = LayerChoice(
-                kernel=pick(*kernel_s), bias=pick(*bias_s), activation=pick(*act_s), size=size
+                kernel=pick(slot, *kernel_s), bias=pick(slot, *bias_s), activation=pick(slot, *act_s), size=size
             )
         return CandidateSpec.from_mapping(layers)
 
@@ -227,8 +228,8 @@ class SearchSpace:
         return CandidateSpec.from_mapping(layers, label)
 
     def reference_spec(self) -> CandidateSpec:
-        """The reference as it is: float32 everywhere, reference sizes (outside the space
-        when float32 is not an allowed choice: it is still evaluated as the baseline)."""
+        """The reference as it is: float32 everywhere, reference sizes. It lies outside the
+        space when float32 is not an allowed choice; a search then cannot seed it (it warns)."""
         layers = {
             slot.name: LayerChoice(FLOAT32, FLOAT32, FLOAT32, slot.reference_size)
             for slot in self.slots

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal, TypeVar
 
 from devices.base import EnergySource
@@ -166,7 +167,7 @@ class PowerMeter(abc.ABC):
         """Discard window ``key`` without reading; a no-op when it is not open (safe in
         ``finally``). Never raises."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract: most meters hold nothing
         """Stop background work and discard open windows; a no-op where there is none."""
 
     def __enter__(self) -> PowerMeter:
@@ -394,7 +395,7 @@ class SamplingMeter(_ReadingMeter):
                 next_s = time.monotonic()  # fell behind: carry on from now, no burst
             try:
                 reading = self._timed_read(self._read, PowerReading)
-            except Exception as e:  # reported by end_window of every open window
+            except Exception as e:  # noqa: BLE001 - reported by end_window of every open window
                 with self._state_lock:
                     if self._stop is stop:  # not a thread already told to stop
                         self._error = e
@@ -444,7 +445,7 @@ class SamplingMeter(_ReadingMeter):
             energy_mj = integrate_rails_mj(points, start_s, end_s)
         except ValueError as e:
             raise MeterError(f"meter {self.name!r}, window {key!r}: {e}") from e
-        gap_s = max(b[0] - a[0] for a, b in zip(points, points[1:]))
+        gap_s = max(b[0] - a[0] for a, b in pairwise(points))
         notes: tuple[str, ...] = ()
         if gap_s > self._max_gap_s:
             notes = (f"largest gap between power samples {gap_s:.3f} s "

@@ -59,6 +59,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING, Literal
 
 from devices.meters.base import EnergyWindow, PowerMeter, PowerReading
@@ -464,17 +465,17 @@ class DeviceSamplingMeter(PowerMeter):
                                  "(raise read_timeout_s for this meter)")
             readings.append(self._reading(sample, key))
         times = [s.time_s for s in samples]
-        if any(b < a for a, b in zip(times, times[1:])):
+        if any(b < a for a, b in pairwise(times)):
             raise self._fail(f"{where}: the device clock ({self._device_clock}) went "
                              "backwards during the window (stepped by NTP?); measure again")
-        gap_s = max(b - a for a, b in zip(times, times[1:]))
+        gap_s = max(b - a for a, b in pairwise(times))
         stall_s = self._interval_s + self._sample_timeout_s + _STALL_SLACK_S
         if gap_s > stall_s:
             raise self._fail(f"{where}: sampling stalled on the device for {gap_s:.3f} s "
                              f"(interval {self._interval_s:g} s), so the window has a hole; "
                              "measure again")
         start_s, end_s = times[0], times[-1]
-        points = [(t, r.power_mw) for t, r in zip(times, readings)]
+        points = [(t, r.power_mw) for t, r in zip(times, readings, strict=True)]
         try:
             energy_mj = integrate_rails_mj(points, start_s, end_s)
         except ValueError as e:

@@ -72,6 +72,7 @@ Also here, the small device reads the energy protocol needs: :func:`device_is_ch
 
 from __future__ import annotations
 
+import functools
 import math
 import posixpath
 import re
@@ -100,7 +101,6 @@ from devices.meters.parsers import (
     parse_odpm_energy_values,
 )
 from devices.meters.simulated import SimulatedMeter
-from devices.transports.base import TransportError
 from devices.meters.sources import (
     battery_power_reading,
     command_counter_reading,
@@ -111,6 +111,7 @@ from devices.meters.sources import (
     powerstats_counter_reading,
     rapl_counter_reading,
 )
+from devices.transports.base import TransportError
 
 if TYPE_CHECKING:
     from devices.inventory import MeterSpec
@@ -646,7 +647,7 @@ def _fuel_gauge_source(
             if i:
                 time.sleep(interval_s)
             current, voltage = split(reader.run(command, _SAMPLING_TIMEOUT_S))
-            samples.append(reader.parse(lambda: parse_battery(current, voltage)))
+            samples.append(reader.parse(functools.partial(parse_battery, current, voltage)))
         convention = reader.parse(lambda: detect_fuel_gauge_convention(samples))
     known: FuelGaugeConvention = convention
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from itertools import pairwise
 
 __all__ = [
     "trapezoid_energy_mj",
@@ -63,7 +64,7 @@ def trapezoid_energy_mj(
             f"[{first_s}, {last_s}] s"
         )
     energy_mj = 0.0
-    for (t0_s, p0_mw), (t1_s, p1_mw) in zip(samples, samples[1:]):
+    for (t0_s, p0_mw), (t1_s, p1_mw) in pairwise(samples):
         low_s, high_s = max(t0_s, start_s), min(t1_s, end_s)
         if high_s <= low_s:
             continue

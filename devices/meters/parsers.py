@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 from devices.meters.errors import MeterParseError
 
@@ -146,7 +147,7 @@ def parse_odpm_energy_values(text: str) -> tuple[OdpmEnergy, ...]:
         raise MeterParseError(_ODPM, lines[0], "'t=<ms>' as the first line")
     starts = [i for i, line in enumerate(lines) if _ODPM_T.fullmatch(line)] + [len(lines)]
     return tuple(
-        parse_odpm_energy_value("\n".join(lines[a:b])) for a, b in zip(starts, starts[1:])
+        parse_odpm_energy_value("\n".join(lines[a:b])) for a, b in pairwise(starts)
     )
 
 

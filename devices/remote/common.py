@@ -39,6 +39,7 @@ device; it reports.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -52,12 +53,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from devices import files
-from devices.base import REACHABLE_FACT, Device, DeviceError, HealthReport, MeasureSettings, Measurement
+from devices.base import REACHABLE_FACT, Device, DeviceError, HealthReport, Measurement, MeasureSettings
 from devices.energy_protocol import EnergyProtocol, EnergyResult, measure_energy
 from devices.inventory import DeviceSpec
 from devices.meters.base import PowerMeter
@@ -67,12 +68,9 @@ from devices.meters.factory import (
     read_cpu_max_freqs_khz,
     read_temperatures,
 )
-from devices.probe import dequantize, fit_probe, make_probe_input, output_digest
+from devices.probe import dequantize, fit_probe, output_digest
 from devices.runners.errors import RunnerError, RunnerOutputError
 from devices.transports import CommandResult, CommandTimeout, ConnectionLost, Transport
-
-if TYPE_CHECKING:
-    from ai_edge_litert.interpreter import Interpreter
 
 __all__ = [
     "HostReference",
@@ -494,10 +492,8 @@ class RemoteDevice(Device):
                 charging=lambda: self._call(lambda t: device_is_charging(t, short)),
                 cpu_freqs=lambda: self._call(lambda t: read_cpu_max_freqs_khz(t, short)))
         except BaseException:
-            try:
+            with contextlib.suppress(DeviceError):
                 self._link()  # reconnect (counted as a new link) so the meter can reach its loops
-            except DeviceError:
-                pass
             self._meter.close()
             self._meter = None
             raise

@@ -224,7 +224,7 @@ def parse_benchmark_output(text: str) -> BenchmarkResult:
             fields["init_session_ms"] = _number(match[1], "session init (ms)", line)
         elif match := _TIMINGS.search(line):
             for key, value in zip(("init_us", "first_inference_us", "warmup_avg_us",
-                                   "inference_avg_us"), match.groups()):
+                                   "inference_avg_us"), match.groups(), strict=True):
                 fields[key] = _number(value, key, line)
         elif match := _DELTA.search(line):
             fields["memory_delta_init_mb"] = _number(match[1], "memory delta init (MB)", line)

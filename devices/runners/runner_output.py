@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devices.base import MeasureSettings, Measurement
+from devices.base import Measurement, MeasureSettings
 from devices.runners.errors import RunnerOutputError, shorten
 
 __all__ = ["RUNNER_SCRIPT", "RunnerOutput", "runner_argv", "parse_runner_output"]

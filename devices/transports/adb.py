@@ -20,6 +20,7 @@ never lets it (a server that is down is reported instead).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import stat
@@ -69,10 +70,8 @@ class _NoAutoStartConnection(AdbConnection):
         sock = self._AdbConnection__conn  # type: ignore[attr-defined]  # adbutils 2.x's private socket
         if sock is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         sock.close()
         self._AdbConnection__conn = None  # type: ignore[attr-defined]
 
@@ -82,10 +81,8 @@ def _ack_at_once(sock: socket.socket) -> None:
     payload as separate writes, and with our delayed ACK its Nagle waits ~40 ms between them.
     Linux clears the flag after use, so it is set before every read; elsewhere a no-op."""
     if hasattr(socket, "TCP_QUICKACK"):
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except OSError:
-            pass
 
 
 class _Client(adbutils.AdbClient):
@@ -135,10 +132,8 @@ class _Cancel:
 
     @staticmethod
     def _shut(conn: AdbConnection) -> None:
-        try:
+        with contextlib.suppress(OSError, AdbError):
             conn.conn.shutdown(socket.SHUT_RDWR)
-        except (OSError, AdbError):
-            pass
 
 
 class _Expired(Exception):

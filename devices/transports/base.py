@@ -25,6 +25,7 @@ stderr where there is one.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import posixpath
 import re
@@ -154,10 +155,8 @@ class Watchdog:
 
     def _fire(self) -> None:
         self.fired = True
-        try:
+        with contextlib.suppress(Exception):  # best effort from a timer thread; the caller reports
             self._action()
-        except Exception:  # noqa: BLE001 - best effort from a timer thread; the caller reports
-            pass
 
     def __enter__(self) -> Watchdog:
         self._timer.start()

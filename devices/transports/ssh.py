@@ -10,6 +10,7 @@ channel at the deadline and, one second later, the whole connection if that did 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import stat
@@ -174,10 +175,8 @@ class SshTransport(Transport):
     def _close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken link must not raise
                 client.close()
-            except Exception:  # noqa: BLE001 - closing a broken link must not raise
-                pass
 
     def _transport(self, subject: str) -> paramiko.Transport:
         self._require_open(subject)

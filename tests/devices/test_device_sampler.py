@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def check_step(window: EnergyWindow, idle_mw: float, active_mw: float, active_s:
                label: str, interval_s: float) -> None:
     expected_mj = idle_mw * window.duration_s + active_mw * active_s
     times = [r.time_s or 0.0 for r in window.readings]
-    max_gap_s = max(b - a for a, b in zip(times, times[1:]))
+    max_gap_s = max(b - a for a, b in pairwise(times))
     error = window.total_energy_mj / expected_mj - 1
     print(f"\n{label}: {window.total_energy_mj:.1f} mJ over {window.duration_s:.3f} s, emulated "
           f"{expected_mj:.1f} mJ ({100 * error:+.2f}%), {len(times)} samples, largest gap "

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.base import Device, DeviceError, HealthReport, MeasureSettings, Measurement
+from devices.base import Device, DeviceError, HealthReport, Measurement, MeasureSettings
 from devices.fleet import Fleet, FleetError, FleetResult
 from devices.leases import REACHABLE_FACT, LeaseStore
 from devices.local import LocalDevice
@@ -281,7 +281,7 @@ def test_parallel_callers_never_run_one_device_twice_at_once(model: Path, store:
             try:
                 for _ in range(4):
                     results.append(fleet.measure(model, FAST))
-            except BaseException as e:  # surfaced below
+            except BaseException as e:  # noqa: BLE001 - surfaced below: a worker must hand the test every error
                 errors.append(e)
 
         threads = [threading.Thread(target=search_worker) for _ in range(6)]

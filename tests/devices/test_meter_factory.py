@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -390,7 +391,7 @@ def test_pi5_pmic_over_ssh_follows_the_emulated_power(board: SshTransport, tmp_p
     # Sampled on the device every 0.1 s (plus a sample's cost), whatever an SSH round trip
     # costs; the trapezoid misplaces each power step by at most half a gap.
     times = [r.time_s or 0.0 for r in load.readings]
-    max_gap_s = max(b - a for a, b in zip(times, times[1:]))
+    max_gap_s = max(b - a for a, b in pairwise(times))
     print(f"\nPi 5 PMIC over ssh: {load.total_energy_mj:.0f} mJ, emulated {expected_mj:.0f} mJ "
           f"({100 * (load.total_energy_mj / expected_mj - 1):+.1f}%), largest gap {max_gap_s:.3f} s")
     assert abs(load.total_energy_mj - expected_mj) <= active_mw * max_gap_s

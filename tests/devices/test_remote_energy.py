@@ -72,11 +72,12 @@ def test_a_metered_phone_reports_the_known_energy_per_inference(
     binary, marker = sleeping_binary(tmp_path, 15000)
     spec = metered_phone(adbd_peer, adb_server, binary, "/" + str(zone.relative_to(adbd_peer.root)))
     active_mw = 1200.0
-    with OdpmEmulator(adbd_peer.root / ODPM_DIR.lstrip("/"), idle_mw=400.0, active_mw=active_mw,
-                      marker=marker):
-        with AndroidDevice(spec, timeouts=TIMEOUTS, energy=PROTOCOL) as device:
-            assert device.has_energy_meter
-            m = device.measure(tiny_model, SETTINGS)
+    with (
+        OdpmEmulator(adbd_peer.root / ODPM_DIR.lstrip("/"), idle_mw=400.0, active_mw=active_mw, marker=marker),
+        AndroidDevice(spec, timeouts=TIMEOUTS, energy=PROTOCOL) as device,
+    ):
+        assert device.has_energy_meter
+        m = device.measure(tiny_model, SETTINGS)
 
     expected_mj = active_mw * m.latency_ms_median / 1000.0  # the active power over one inference
     assert m.energy_source == "measured"
@@ -106,8 +107,9 @@ def test_a_hot_phone_is_refused_under_the_reject_policy(
     spec = metered_phone(adbd_peer, adb_server, binary, "/" + str(zone.relative_to(adbd_peer.root)))
     hot = dataclasses.replace(PROTOCOL, throttle_policy="reject", cool_down_to_c=60.0,
                               cool_down_timeout_s=0.3, cool_down_poll_s=0.1, max_rejected=1)
-    with OdpmEmulator(adbd_peer.root / ODPM_DIR.lstrip("/"), idle_mw=400.0, active_mw=900.0,
-                      marker=marker):
-        with AndroidDevice(spec, timeouts=TIMEOUTS, energy=hot) as device:
-            with pytest.raises(ThrottledError, match="device 'metered-phone'"):
-                device.measure(tiny_model, SETTINGS)
+    with (
+        OdpmEmulator(adbd_peer.root / ODPM_DIR.lstrip("/"), idle_mw=400.0, active_mw=900.0, marker=marker),
+        AndroidDevice(spec, timeouts=TIMEOUTS, energy=hot) as device,
+        pytest.raises(ThrottledError, match="device 'metered-phone'"),
+    ):
+        device.measure(tiny_model, SETTINGS)

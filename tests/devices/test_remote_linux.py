@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices.base import DeviceError, MeasureSettings, Measurement
+from devices.base import DeviceError, Measurement, MeasureSettings
 from devices.inventory import DeviceSpec, HealthLimits, SshConnection
 from devices.local import LocalDevice
 from devices.remote import LinuxBoardDevice, RemoteTimeouts
@@ -205,9 +205,11 @@ def test_frozen_board_ends_at_the_run_deadline(sshd_peer: SshdPeer, workdir: Pat
 
 def test_corrupted_upload(sshd_peer: SshdPeer, workdir: Path, tiny_model: Path) -> None:
     sshd_peer.corrupt_uploads = True
-    with LinuxBoardDevice(board_spec(sshd_peer, workdir), timeouts=TIMEOUTS) as device:
-        with pytest.raises(IntegrityError, match="sha256 on the device") as info:
-            device.measure(tiny_model, FAST)
+    with (
+        LinuxBoardDevice(board_spec(sshd_peer, workdir), timeouts=TIMEOUTS) as device,
+        pytest.raises(IntegrityError, match="sha256 on the device") as info,
+    ):
+        device.measure(tiny_model, FAST)
     assert "'pi-test'" in str(info.value) and "\n" not in str(info.value)
     assert run_dirs(workdir) == []
 
@@ -225,9 +227,11 @@ def test_changed_host_key_is_refused(sshd_peer: SshdPeer, workdir: Path, tiny_mo
 def test_corrupt_model_crashes_the_runner(sshd_peer: SshdPeer, workdir: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 4)  # a header, then garbage
-    with LinuxBoardDevice(board_spec(sshd_peer, workdir), timeouts=TIMEOUTS) as device:
-        with pytest.raises(RunnerOutputError, match="model_invalid") as info:
-            device.measure(junk, FAST)
+    with (
+        LinuxBoardDevice(board_spec(sshd_peer, workdir), timeouts=TIMEOUTS) as device,
+        pytest.raises(RunnerOutputError, match="model_invalid") as info,
+    ):
+        device.measure(junk, FAST)
     message = str(info.value)
     assert message.startswith("device 'pi-test': measuring 'junk.tflite'") and "\n" not in message
     assert run_dirs(workdir) == []

@@ -32,7 +32,7 @@ INFO: Running benchmark for at least 50 iterations and at least 1 seconds but te
 INFO: count=50 first=1249964 curr=1240143 min=1238588 max=1252566 avg=1.24027e+06 std=2565 p5=1238753 median=1239807 p95=1247415
 INFO: Inference timings in us: Init: 5579, First inference: 1357602, Warmup (avg): 1.3576e+06, Inference (avg): 1.24027e+06
 INFO: Memory footprint delta from the start of the tool (MB): init=6.36328 overall=109.832
-"""
+"""  # noqa: E501 - verbatim tool output
 
 # Older builds as devices.md describes them: no "INFO: " prefix, no p5/median/p95, and the
 # "Peak memory footprint" line (its values verbatim); with the warm-up block the tool prints.

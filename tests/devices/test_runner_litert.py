@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from devices import probe
-from devices.base import DeviceError, MeasureSettings, Measurement
+from devices.base import DeviceError, Measurement, MeasureSettings
 from devices.local import LocalDevice
 from devices.runners import RUNNER_SCRIPT, RunnerOutput, RunnerOutputError, parse_runner_output, runner_argv
 from devices.runners import litert_runner as runner

@@ -647,6 +647,8 @@ def test_score_mode_scores_every_complete_row(make_config, results_dir: Path, ha
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         assert trial.values == [records[trial.number].metric_value("score")]
+        if records[trial.number].label != "reference":  # trained, so Hyperband saw each epoch
+            assert trial.intermediate_values and all(v > 0 for v in trial.intermediate_values.values())
 
 
 # --- constraints ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def test_digits_split_sizes_range_and_stratification() -> None:
     assert len(ds.x_val) == 360  # ceil(0.2 * 1797)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype.kind == "i"
     assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
-    assert 0.0 <= ds.x_val.min() and ds.x_val.max() <= 1.0
+    assert ds.x_val.min() >= 0.0 and ds.x_val.max() <= 1.0
     # Stratified: each class's share of the validation split matches its share overall.
     all_labels = np.concatenate([ds.y_train, ds.y_val])
     for label in range(10):
@@ -232,7 +232,7 @@ NOT_CALLABLE = 3
 """
 
 
-def test_module_function_good(isolated_sys_path: Path) -> None:
+def test_module_function_good(isolated_sys_path: Path) -> None:  # noqa: F811 - pytest fixture
     name = write_module(isolated_sys_path, _GOOD)
     ds = load_dataset(f"{name}:load")
     assert ds.name == f"{name}:load" and ds.num_classes == 3
@@ -241,7 +241,7 @@ def test_module_function_good(isolated_sys_path: Path) -> None:
     assert ds.y_train.dtype == np.int64 and len(ds.y_val) == 6
 
 
-def test_module_function_adds_cwd_to_sys_path(isolated_sys_path: Path) -> None:
+def test_module_function_adds_cwd_to_sys_path(isolated_sys_path: Path) -> None:  # noqa: F811 - pytest fixture
     import sys
 
     name = write_module(isolated_sys_path, _GOOD)
@@ -250,7 +250,7 @@ def test_module_function_adds_cwd_to_sys_path(isolated_sys_path: Path) -> None:
     assert str(isolated_sys_path) in sys.path
 
 
-def test_module_function_keras_style_and_label_forms(isolated_sys_path: Path) -> None:
+def test_module_function_keras_style_and_label_forms(isolated_sys_path: Path) -> None:  # noqa: F811 - pytest fixture
     name = write_module(isolated_sys_path, _GOOD)
     ks = load_dataset(f"{name}:keras_style")
     assert len(ks.x_train) == 5 and len(ks.x_val) == 2 and ks.num_classes == 2
@@ -304,13 +304,13 @@ def test_module_function_keras_style_and_label_forms(isolated_sys_path: Path) ->
         ("raise RuntimeError('disk on fire')", "raised RuntimeError: disk on fire"),
     ],
 )
-def test_module_function_bad_results(isolated_sys_path: Path, body: str, match: str) -> None:
+def test_module_function_bad_results(isolated_sys_path: Path, body: str, match: str) -> None:  # noqa: F811 - pytest fixture
     name = write_module(isolated_sys_path, f"import numpy as np\ndef load():\n    {body}\n")
     with pytest.raises(InputError, match=match):
         load_dataset(f"{name}:load")
 
 
-def test_module_function_import_problems(isolated_sys_path: Path) -> None:
+def test_module_function_import_problems(isolated_sys_path: Path) -> None:  # noqa: F811 - pytest fixture
     name = write_module(isolated_sys_path, _GOOD)
     with pytest.raises(InputError, match="cannot import module 'no_such_module_xyz'"):
         load_dataset("no_such_module_xyz:load")

@@ -105,9 +105,8 @@ def test_measurements_take_turns() -> None:
 
 def test_segments_do_not_exclude_each_other_and_the_gate_is_reusable() -> None:
     gate = HostCpuGate()
-    with gate.work():
-        with gate.work():  # nested host work (a conversion inside a work block) is fine
-            pass
+    with gate.work(), gate.work():  # nested host work (a conversion inside a work block) is fine
+        pass
     for _ in range(3):
         entered, release = threading.Event(), threading.Event()
         with running(measurer(gate, entered, release)):
@@ -119,9 +118,8 @@ def test_segments_do_not_exclude_each_other_and_the_gate_is_reusable() -> None:
 
 def test_work_context_ends_its_segment_on_error() -> None:
     gate = HostCpuGate()
-    with pytest.raises(RuntimeError):
-        with gate.work():
-            raise RuntimeError("conversion failed")
+    with pytest.raises(RuntimeError), gate.work():
+        raise RuntimeError("conversion failed")
     entered, release = threading.Event(), threading.Event()
     with running(measurer(gate, entered, release)):
         assert entered.wait(LONG), "a failed work block left its segment open"

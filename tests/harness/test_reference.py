@@ -123,7 +123,7 @@ def subclassed():
 """
 
 
-def test_module_function_returns_the_trained_model(isolated_sys_path: Path) -> None:
+def test_module_function_returns_the_trained_model(isolated_sys_path: Path) -> None:  # noqa: F811 - pytest fixture
     name = write_module(isolated_sys_path, _MODULE)
     model = load_reference(f"{name}:build")
     assert model.name == "from_module"
@@ -132,7 +132,7 @@ def test_module_function_returns_the_trained_model(isolated_sys_path: Path) -> N
     np.testing.assert_array_equal(bias, np.arange(10))
 
 
-def test_module_function_bad_returns(isolated_sys_path: Path) -> None:
+def test_module_function_bad_returns(isolated_sys_path: Path) -> None:  # noqa: F811 - pytest fixture
     name = write_module(isolated_sys_path, _MODULE)
     with pytest.raises(InputError, match="returned a str, not a keras.Model"):
         load_reference(f"{name}:not_a_model")

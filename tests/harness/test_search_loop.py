@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 import pytest
 
-from devices.base import Device, DeviceError, MeasureSettings, Measurement
+from devices.base import Device, DeviceError, Measurement, MeasureSettings
 from harness import search_loop
 from harness.config import SearchConfig, config_from_mapping
 from harness.errors import HarnessError, InputError

@@ -33,6 +33,7 @@ corrupt pushed bytes, or fail every push with ENOSPC.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -178,10 +179,8 @@ class _Connection:
 
     def drop(self) -> None:
         """The device vanishes: close the socket, end every stream, kill every command."""
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         for stream in list(self._streams.values()):
             stream.on_close()
         for proc in list(self.procs):
@@ -234,7 +233,7 @@ class _Connection:
             if (target := self._streams.get(arg1)) is not None:
                 target.inbox.put(data)
                 self.send(A_OKAY, arg1, arg0)
-        elif command == A_CLSE:
+        elif command == A_CLSE:  # noqa: SIM102 - the same shape as the branches above
             if (target := self._streams.pop(arg1, None)) is not None:
                 target.on_close()
         # A_SYNC and A_AUTH are not used by a device that needs no authentication.
@@ -247,10 +246,8 @@ class _Connection:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class AdbdPeer:
@@ -346,10 +343,8 @@ class AdbdPeer:
 
     def stop(self) -> None:
         if self._listener is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
             self._listener = None
         self.drop_connections()
@@ -459,10 +454,8 @@ class AdbdPeer:
             pass
         if stream.closed.is_set() and proc.poll() is None:
             _kill_group(proc)  # the client hung up: like adbd, end the command
-        try:
+        with contextlib.suppress(OSError):
             proc.stdin.close()
-        except OSError:
-            pass
 
     # -- sync ---------------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ def input_layers(flags: dict[str, object]) -> list[tuple[str, list[int], str]]:
                              f"--input_layer as {flags['input_layer']}")
         files[name] = path
     layers = []
-    for name, shape in zip(names, shapes):
+    for name, shape in zip(names, shapes, strict=True):
         try:
             dims = [int(d) for d in shape.split(",")]
         except ValueError:
@@ -150,7 +150,7 @@ class _Model:
         details = self.interpreter.get_input_details()
         if inputs and len(inputs) != len(details):
             raise InputError(f"Inputs mismatch: Model inputs #:{len(inputs)} expected: {len(details)}")
-        for detail, (_, shape, _) in zip(details, inputs or []):
+        for detail, (_, shape, _) in zip(details, inputs or [], strict=False):  # no inputs: no resizing
             self.interpreter.resize_tensor_input(detail["index"], shape)
         self.interpreter.allocate_tensors()
         for i, detail in enumerate(self.interpreter.get_input_details()):
@@ -222,7 +222,10 @@ def stats_line(us: list[int], new: bool) -> str:
 def main(argv: list[str]) -> int:
     flags = parse_flags(argv)
     new = os.environ.get("FAKE_BENCHMARK_FORMAT", "new") != "old"
-    out = (lambda text: print(("INFO: " if new else "") + text, flush=True))
+
+    def out(text: str) -> None:
+        print(("INFO: " if new else "") + text, flush=True)
+
     graph = str(flags["graph"])
     if not os.path.isfile(graph):
         out(f"Could not open '{graph}'.")  # the real tool logs this as an error and exits 1

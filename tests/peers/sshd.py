@@ -187,10 +187,8 @@ class SshdPeer:
     def drop_connections(self) -> None:
         """SIGKILL every connection's processes (not the listener): the device 'disappears'."""
         for pid in self.connection_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def freeze_connections(self, frozen: bool = True) -> None:
         """SIGSTOP (or SIGCONT) every connection's processes: a device that stops answering."""

@@ -99,7 +99,9 @@ def _study(
         truth = _truth(features)
         measured = truth * (1.0 + rng.uniform(-noise, noise))
         # The host estimate prices things differently but grows with the same costs.
-        estimate_pj = 0.3 * features["macs.int8"] + 1.9 * features["macs.float"] + 5.0 * features["model_bytes_estimated"]
+        estimate_pj = (
+            0.3 * features["macs.int8"] + 1.9 * features["macs.float"] + 5.0 * features["model_bytes_estimated"]
+        )
         records.append(_record(i, features, energy={"board": (measured, source)}, estimate_pj=estimate_pj))
     return records
 
@@ -164,7 +166,7 @@ def test_linear_truth_with_noise_is_ranked_and_fitted() -> None:
     assert cal.error_method == "leave-one-out"
     assert cal.error_pct < 2.5 and cal.error_pct_p90 < 4.0
     assert cal.spearman_fit > 0.98
-    coefficients = dict(zip(cal.feature_names, cal.coefficients))
+    coefficients = dict(zip(cal.feature_names, cal.coefficients, strict=True))
     assert all(c >= 0 for c in cal.coefficients)
     assert coefficients["macs.int8"] == pytest.approx(TRUE_INT8, rel=0.1)
     assert coefficients["macs.float"] == pytest.approx(TRUE_FLOAT, rel=0.1)
@@ -256,7 +258,9 @@ def test_predict_to_dict_and_features() -> None:
 
 def test_candidate_features_need_every_metric() -> None:
     metrics = {"macs": 10.0, "model_bytes_estimated": Metric(4.0, "bytes", "estimated")}
-    assert candidate_features(metrics, TOTAL_MACS_FEATURES) == {"macs": 10.0, "model_bytes_estimated": 4.0, "const": 1.0}
+    assert candidate_features(metrics, TOTAL_MACS_FEATURES) == {
+        "macs": 10.0, "model_bytes_estimated": 4.0, "const": 1.0
+    }
     with pytest.raises(CalibrationError, match="'macs.binary'"):
         candidate_features(metrics)
     with pytest.raises(CalibrationError, match="'macs'"):

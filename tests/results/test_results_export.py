@@ -112,9 +112,11 @@ def test_export_writes_both_files_and_no_temporaries(tmp_path: Path) -> None:
 
 
 def test_export_unknown_study_fails(tmp_path: Path) -> None:
-    with ResultsStore(tmp_path / "h.sqlite") as store:
-        with pytest.raises(ResultsError, match="no trials of study 'ghost'"):
-            export_study(store, "ghost", tmp_path / "out")
+    with (
+        ResultsStore(tmp_path / "h.sqlite") as store,
+        pytest.raises(ResultsError, match="no trials of study 'ghost'"),
+    ):
+        export_study(store, "ghost", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

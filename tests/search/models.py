@@ -96,7 +96,7 @@ def dense_mlp() -> keras.Model:
 def misaligned_concat_add() -> keras.Model:
     """Add(concat(a4, b4, c8), concat(d8, e4, f4)): equal total widths, different boundaries."""
     i = keras.Input((3, 3, 2), name="inp")
-    a, b, c, d, e, f = (L.Conv2D(n, 1, name=k)(i) for k, n in zip("abcdef", (4, 4, 8, 8, 4, 4)))
+    a, b, c, d, e, f = (L.Conv2D(n, 1, name=k)(i) for k, n in zip("abcdef", (4, 4, 8, 8, 4, 4), strict=True))
     s = L.Add(name="add")([L.Concatenate(name="cat1")([a, b, c]), L.Concatenate(name="cat2")([d, e, f])])
     o = L.Dense(2, name="out")(L.GlobalAveragePooling2D(name="gap")(s))
     return randomize(keras.Model(i, o, name="misaligned_concat_add"), 4)

@@ -89,7 +89,7 @@ def test_reference_spec_reproduces_the_reference_exactly(factory: Factory) -> No
     x = models.inputs_for(reference)
     np.testing.assert_array_equal(np.asarray(candidate(x)), np.asarray(reference(x)))
     for layer in reference.layers:
-        for ref_w, new_w in zip(layer.get_weights(), candidate.get_layer(layer.name).get_weights()):
+        for ref_w, new_w in zip(layer.get_weights(), candidate.get_layer(layer.name).get_weights(), strict=True):
             np.testing.assert_array_equal(ref_w, new_w)
 
 
@@ -140,7 +140,9 @@ def test_shrink_keeps_the_largest_l1_filters_and_slices_the_next_layer() -> None
     np.testing.assert_array_equal(
         np.asarray(candidate.get_layer("conv1").bias), np.asarray(reference.get_layer("conv1").bias)[keep1]
     )
-    for ref_w, new_w in zip(reference.get_layer("bn").get_weights(), candidate.get_layer("bn").get_weights()):
+    for ref_w, new_w in zip(
+        reference.get_layer("bn").get_weights(), candidate.get_layer("bn").get_weights(), strict=True
+    ):
         np.testing.assert_array_equal(new_w, ref_w[keep1])
     np.testing.assert_array_equal(
         _kernel(candidate, "conv2"), _kernel(reference, "conv2")[:, :, keep1, :][..., keep2]
@@ -183,8 +185,12 @@ def test_tied_layers_keep_the_same_filters_chosen_by_their_summed_norms() -> Non
     np.testing.assert_array_equal(_kernel(candidate, "proj"), _kernel(reference, "proj")[:, :, keep, :])
     np.testing.assert_array_equal(_kernel(candidate, "dw"), _kernel(reference, "dw")[:, :, keep, :])
     ref_sep, new_sep = reference.get_layer("sep"), candidate.get_layer("sep")
-    np.testing.assert_array_equal(np.asarray(new_sep.depthwise_kernel), np.asarray(ref_sep.depthwise_kernel)[:, :, keep, :])
-    np.testing.assert_array_equal(np.asarray(new_sep.pointwise_kernel), np.asarray(ref_sep.pointwise_kernel)[:, :, keep, :])
+    np.testing.assert_array_equal(
+        np.asarray(new_sep.depthwise_kernel), np.asarray(ref_sep.depthwise_kernel)[:, :, keep, :]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(new_sep.pointwise_kernel), np.asarray(ref_sep.pointwise_kernel)[:, :, keep, :]
+    )
     assert candidate(models.inputs_for(reference)).shape == (3, 4)
 
 
@@ -243,7 +249,9 @@ def test_quantized_residual_uses_the_matching_qkeras_classes() -> None:
 # ---------------------------------------------------------------- deploy model
 
 
-def _quantized_residual(reference: keras.Model, space: SearchSpace, activation: str) -> tuple[keras.Model, CandidateSpec]:
+def _quantized_residual(
+    reference: keras.Model, space: SearchSpace, activation: str
+) -> tuple[keras.Model, CandidateSpec]:
     act = parse_scheme(activation)
     choices = {}
     for slot in space.slots:
@@ -273,7 +281,9 @@ def test_deploy_model_has_plain_layers_and_the_trained_quantized_weights() -> No
         expected_bias = np.asarray(bias_q(tf.constant(np.asarray(trained.get_layer(name).bias))))
         np.testing.assert_array_equal(bias, expected_bias)
     dw = np.asarray(deploy.get_layer("dw").kernel)
-    np.testing.assert_array_equal(dw, np.asarray(weight_q(tf.constant(np.asarray(trained.get_layer("dw").depthwise_kernel)))))
+    np.testing.assert_array_equal(
+        dw, np.asarray(weight_q(tf.constant(np.asarray(trained.get_layer("dw").depthwise_kernel))))
+    )
     for attribute in ("depthwise_kernel", "pointwise_kernel"):
         trained_value = np.asarray(getattr(trained.get_layer("sep"), attribute))
         np.testing.assert_array_equal(

@@ -4,6 +4,7 @@ monotonicity, document 000's example model, and agreement with QKeras QTools."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import keras
 import pytest
@@ -19,8 +20,8 @@ from search.energy_table import (
     mac_unit,
     sram_word_pj,
 )
-from search.estimates import EnergyModel, Estimate, EstimateError, estimate
-from search.quantizers import parse_scheme
+from search.estimates import EnergyModel, Estimate, EstimateError, LayerEstimate, estimate
+from search.quantizers import Scheme, parse_scheme
 
 L = keras.layers
 
@@ -43,7 +44,7 @@ def run(model: keras.Model, candidate: CandidateSpec, **kwargs: object) -> Estim
     return estimate(model, candidate, **kwargs)  # type: ignore[arg-type]
 
 
-def layer_of(result: Estimate, name: str):  # noqa: ANN201 - a LayerEstimate
+def layer_of(result: Estimate, name: str) -> LayerEstimate:
     return next(e for e in result.layers if e.name == name)
 
 
@@ -182,7 +183,7 @@ def test_sequential_model_uses_the_input_scheme_first() -> None:
 
 # --- The multiplier table -------------------------------------------------------------------
 
-def s(name: str):  # noqa: ANN201 - a Scheme
+def s(name: str) -> Scheme:
     return parse_scheme(name)
 
 
@@ -333,18 +334,18 @@ def test_fewer_kernel_bits_cost_less(formula: str) -> None:
     results = [run(model, uniform(k), energy_model=energy) for k in kernels]
     for label, e in (("total", [r.energy_pj for r in results]),
                      ("compute", [r.energy_pj_compute for r in results])):
-        assert all(a > b for a, b in zip(e, e[1:])), (label, e)
+        assert all(a > b for a, b in pairwise(e)), (label, e)
     # fixed(2) and ternary both take 2 bits: bit counts tie where the energy does not.
     for label, n in (("bops", [r.bops for r in results]),
                      ("param_bits", [r.param_bits for r in results])):
-        assert all(a >= b for a, b in zip(n, n[1:])) and n[0] > n[-1], (label, n)
+        assert all(a >= b for a, b in pairwise(n)) and n[0] > n[-1], (label, n)
 
 
 def test_fewer_activation_bits_cost_less() -> None:
     model = small_cnn()
     energies = [run(model, uniform("fixed(4)", act)).energy_pj
                 for act in ("fixed(8)", "fixed(6)", "fixed(4)", "fixed(2)")]
-    assert all(a > b for a, b in zip(energies, energies[1:]))
+    assert all(a > b for a, b in pairwise(energies))
 
 
 def test_fewer_filters_cost_less() -> None:

@@ -152,7 +152,7 @@ def test_flatbuffer_reader_agrees_with_the_interpreter(tiny: keras.Model, x8: np
     ops = tflite_ops(lowered.tflite_bytes)
     details = interpreter._get_ops_details()  # the same walk as the debugger's own
     assert [d["op_name"] for d in details] == [op.opcode for op in ops]
-    for detail, op in zip(details, ops):
+    for detail, op in zip(details, ops, strict=True):
         assert tuple(tensors[i]["name"] for i in detail["outputs"]) == op.names
         assert tuple(np.dtype(tensors[i]["dtype"]).name for i in detail["outputs"]) == op.output_types
 
@@ -268,7 +268,8 @@ def digits() -> tuple[keras.Model, np.ndarray, np.ndarray, np.ndarray, np.ndarra
     ], name="digits_cnn")
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=8, batch_size=64, verbose=0)
-    for layer in (model.get_layer(n) for n in ("c1", "c2", "fc")):  # fixed(4)-like: kernel = 2^-k * {-7..7}, bias = 2^-6 * ints
+    # fixed(4)-like: kernel = 2^-k * {-7..7}, bias = 2^-6 * ints
+    for layer in (model.get_layer(n) for n in ("c1", "c2", "fc")):
         kernel, bias = layer.get_weights()
         step = 2.0 ** np.ceil(np.log2(np.abs(kernel).max() / 7))
         layer.set_weights([np.clip(np.round(kernel / step), -7, 7) * step,

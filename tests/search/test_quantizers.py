@@ -130,8 +130,8 @@ def test_bits_int8_lowering_and_document_bit_tuples(
 
 
 def test_int8_constant_is_fixed8() -> None:
-    assert INT8 == parse_scheme("fixed(8)")
-    assert FLOAT32 == parse_scheme("float32")
+    assert parse_scheme("fixed(8)") == INT8
+    assert parse_scheme("float32") == FLOAT32
 
 
 # ---------------------------------------------------------------- quantizer value sets
