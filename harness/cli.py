@@ -26,7 +26,28 @@ __all__ = ["main", "cli"]
 
 
 class _Harness(click.Group):
-    """Turns the project's errors into one-line messages and exit codes."""
+    """Turns the project's errors, and click's usage errors, into one-line messages and exit codes."""
+
+    def main(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        # Click's own handler prints a usage block and a hint over several lines; a bad flag is
+        # an input error like any other: one line, exit 2.
+        kwargs.pop("standalone_mode", None)
+        try:
+            returned = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[arg-type]
+        except click.exceptions.NoArgsIsHelpError as e:  # bare `harness`: the help, as click shows it
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"error: {_one_line(e.format_message())}{where}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"error: {_one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(returned if isinstance(returned, int) else 0)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -61,6 +82,9 @@ def cli(verbose: int) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Every candidate is a new model, so TensorFlow's "triggered tf.function retracing"
+        # advice fires in every search and has nothing for the user to act on.
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 @cli.command()

@@ -273,12 +273,20 @@ def _schemes(names: Sequence[str], what: str) -> tuple[Scheme, ...]:
     return schemes
 
 
+def _is_recurrent(layer: keras.layers.Layer) -> bool:
+    """An RNN layer (LSTM, GRU, SimpleRNN, ConvLSTM…), also inside a Bidirectional wrapper."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return True
+    return isinstance(layer, keras.layers.RNN)
+
+
 def build_space(model: keras.Model, options: SpaceOptions | None = None) -> SearchSpace:
     """Read the reference model and the options into a :class:`SearchSpace`.
 
     Raises:
-        SpaceError: a rule names no layer, a quantizer name is unknown, or (with
-            ``strict_layers``) the model has a weighted layer the search cannot handle.
+        SpaceError: a rule names no layer, a quantizer name is unknown, the model has a
+            recurrent layer (int8 conversion crashes on them), or (with ``strict_layers``) it
+            has another weighted layer the search cannot handle.
         search.graph.GraphError: the model's wiring cannot be rewritten (shared layers).
     """
     options = options or SpaceOptions()
@@ -288,11 +296,17 @@ def build_space(model: keras.Model, options: SpaceOptions | None = None) -> Sear
         if node.class_name == "InputLayer":
             continue
         layer = model.get_layer(node.name)
+        if _is_recurrent(layer):
+            raise SpaceError(
+                f"layer {node.name!r}: {node.class_name} is recurrent, and TensorFlow's int8 converter "
+                "crashes the process (a segfault in its calibrator) on models with recurrent layers, so "
+                "candidates of this model cannot be lowered"
+            )
         if layer.weights and node.class_name not in QUANTIZABLE + SLICEABLE_WEIGHTED:
             reason = f"{node.class_name} is not a quantizable layer type"
             if options.strict_layers:
                 raise SpaceError(f"layer {node.name!r}: {reason} (strict_layers is set)")
-            log.warning("skipping layer %r: %s; it stays float", node.name, reason)
+            log.warning("skipping layer %r: %s; it stays float and is left out of the estimates", node.name, reason)
             skipped.append((node.name, reason))
     for rule in options.rules:
         if not any(rule.matches(n.name) for n in graph if n.class_name in QUANTIZABLE):

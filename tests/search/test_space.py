@@ -330,3 +330,20 @@ def test_candidate_spec_dict_round_trip_and_key(res: keras.Model) -> None:
     assert again.key == spec.key and len(spec.key) == 64
     assert space.int8_spec().key != space.reference_spec().key
     assert "stem:" in spec.summary() and f"x{spec['stem'].size}" in spec.summary()
+
+
+@pytest.mark.parametrize(
+    "recurrent",
+    [
+        lambda: keras.layers.LSTM(4, name="seq"),
+        lambda: keras.layers.GRU(4, name="seq"),
+        lambda: keras.layers.Bidirectional(keras.layers.SimpleRNN(4), name="seq"),
+    ],
+)
+def test_recurrent_layers_are_refused_even_without_strict_layers(recurrent) -> None:
+    # int8 calibration of any model with a recurrent layer segfaults TensorFlow 2.21's converter
+    inp = keras.Input((6, 5))
+    hidden = recurrent()(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(hidden))
+    with pytest.raises(SpaceError, match="layer 'seq': .* is recurrent"):
+        build_space(model, SpaceOptions(strict_layers=False))
