@@ -104,15 +104,17 @@ def search(
 ) -> None:
     """Run (or resume) a search from CONFIG_PATH (TOML; defaults: the built-in example on digits)."""
     from harness.config import SearchConfig, load_config
-    from harness.report import build_report
-    from harness.search_loop import SearchRun
 
+    # The config is read and checked before TensorFlow loads: a mistake in it is reported at once.
     config = load_config(config_path) if config_path is not None else SearchConfig()
     config = config.with_overrides(
         trials=trials, sampler=sampler, study=study, seed=seed,
         results_dir=None if results_dir is None else str(results_dir),
         devices=tuple(devices) or None, inventory=tuple(str(p) for p in inventory) or None,
     )
+    from harness.report import build_report
+    from harness.search_loop import SearchRun
+
     summary = SearchRun(config, progress=not no_progress).run()
     report = build_report(config.results_dir, config.study)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))

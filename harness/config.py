@@ -34,7 +34,7 @@ from harness.errors import InputError
 from search.quantizers import UnknownQuantizerError, parse_scheme
 from search.samplers import check_sampler_available
 from search.scoring import ForgivingFactor
-from search.space import (
+from search.space_options import (
     DEFAULT_ACTIVATION,
     DEFAULT_BIAS,
     DEFAULT_KERNEL,

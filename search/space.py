@@ -9,7 +9,6 @@ choices of layers whose name matches a regex.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -20,6 +19,15 @@ from search.candidate import CandidateSpec, LayerChoice
 from search.channels import CHANNEL_PRESERVING, QUANTIZABLE, SLICEABLE_WEIGHTED, find_size_groups, size_attribute
 from search.graph import ModelGraph, read_graph
 from search.quantizers import FLOAT32, INT8, Scheme, parse_scheme
+from search.space_options import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_BIAS,
+    DEFAULT_KERNEL,
+    DEFAULT_MULTIPLIERS,
+    LayerRule,
+    SpaceError,
+    SpaceOptions,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -40,65 +48,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KERNEL = ("binary", "ternary", "po2(4)", "fixed(2)", "fixed(4)", "fixed(6)", "fixed(8)", "float32")
-DEFAULT_BIAS = ("fixed(8)", "fixed(16)", "float32")
-DEFAULT_ACTIVATION = ("fixed(2)", "fixed(4)", "fixed(6)", "fixed(8)", "float32")
-DEFAULT_MULTIPLIERS = (0.5, 0.75, 1.0, 1.5, 2.0)
 # Activation functions a quantizer can follow; others (softmax, sigmoid…) stay float.
 _QUANTIZABLE_ACTIVATIONS = ("relu", "linear")
-
-
-class SpaceError(ValueError):
-    """The config and the reference model do not make a valid search space."""
-
-
-@dataclass(frozen=True)
-class LayerRule:
-    """Restricts the layers whose name fully matches ``match`` (a regex or a plain name).
-
-    ``None`` leaves a field as the defaults (or an earlier rule) set it. ``skip`` keeps the
-    layer float at its reference size; ``resize = False`` keeps only its size.
-    """
-
-    match: str
-    kernel: tuple[str, ...] | None = None
-    bias: tuple[str, ...] | None = None
-    activation: tuple[str, ...] | None = None
-    multipliers: tuple[float, ...] | None = None
-    resize: bool = True
-    skip: bool = False
-
-    def __post_init__(self) -> None:
-        for value in self.multipliers or ():
-            if not value > 0:
-                raise SpaceError(f"layer rule {self.match!r}: size multiplier {value!r} must be > 0")
-        for role in ("kernel", "bias", "activation", "multipliers"):
-            if getattr(self, role) is not None and len(getattr(self, role)) == 0:
-                raise SpaceError(f"layer rule {self.match!r}: {role} list is empty")
-
-    def matches(self, layer_name: str) -> bool:
-        try:
-            return re.fullmatch(self.match, layer_name) is not None
-        except re.error as e:
-            raise SpaceError(f"layer rule match {self.match!r} is not a valid regex: {e}") from e
-
-
-@dataclass(frozen=True)
-class SpaceOptions:
-    kernel: tuple[str, ...] = DEFAULT_KERNEL
-    bias: tuple[str, ...] = DEFAULT_BIAS
-    activation: tuple[str, ...] = DEFAULT_ACTIVATION
-    multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
-    size_mode: Literal["per-layer", "model"] = "per-layer"
-    rules: tuple[LayerRule, ...] = ()
-    strict_layers: bool = False  # refuse, rather than skip, layers the search cannot handle
-
-    def __post_init__(self) -> None:
-        if self.size_mode not in ("per-layer", "model"):
-            raise SpaceError(f"size_mode {self.size_mode!r}: expected 'per-layer' or 'model'")
-        for value in self.multipliers:
-            if not value > 0:
-                raise SpaceError(f"size multiplier {value!r} must be > 0")
 
 
 @dataclass(frozen=True)

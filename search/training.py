@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: TrainSettings is read with the config, before TensorFlow
+    import keras
 
 __all__ = ["TrainSettings", "TrainResult", "train_candidate", "evaluate_keras", "loss_for"]
 
@@ -50,6 +53,8 @@ class TrainResult:
 
 def loss_for(model: keras.Model) -> keras.losses.Loss:
     """Sparse categorical cross-entropy, on probabilities when the model ends in softmax."""
+    import keras
+
     last = model.layers[-1]
     activation = getattr(getattr(last, "activation", None), "__name__", "")
     from_logits = activation != "softmax" and type(last).__name__ not in ("Softmax",)
@@ -57,6 +62,8 @@ def loss_for(model: keras.Model) -> keras.losses.Loss:
 
 
 def _compile(model: keras.Model, learning_rate: float) -> None:
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=loss_for(model),
@@ -95,6 +102,8 @@ def train_candidate(
     The validation split is evaluated once, after training, unless ``validate_each_epoch``:
     a pruner reading ``val_accuracy`` at each epoch's end needs it every epoch.
     """
+    import keras
+
     keras.utils.set_random_seed(settings.seed)
     _compile(model, settings.learning_rate)
     index = _stratified_fraction(y_train, settings.data_fraction, settings.seed)

@@ -294,3 +294,22 @@ def test_seed_flag_is_the_same_as_the_seed_key() -> None:
     assert from_file.training.seed == 7
     assert from_flag.training.seed == from_file.training.seed
     assert from_flag == from_file
+
+
+def test_reading_a_config_does_not_import_tensorflow(tmp_path) -> None:
+    # so that `harness search` reports a config mistake before TensorFlow's seconds of start-up
+    import subprocess
+    import sys
+    import textwrap
+
+    config = tmp_path / "c.toml"
+    config.write_text('[search]\ntrials = 3\nkernel = ["ternary", "fixed(4)"]\n[training]\nepochs = 1\n')
+    code = textwrap.dedent(f"""
+        import sys
+        from harness.config import load_config
+        load_config({str(config)!r})
+        heavy = sorted(m for m in ("tensorflow", "keras", "qkeras") if m in sys.modules)
+        assert not heavy, heavy
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
