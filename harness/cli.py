@@ -119,7 +119,6 @@ def search(
     report = build_report(config.results_dir, config.study)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
     click.echo(f"study {config.study}: {counts}")
-    click.echo(f"Pareto front ({', '.join(f'{k} {v[:3]}' for k, v in report.objectives.items())}):")
     _print_report(report)
     click.echo(f"Pareto models: {report.csv_path.parent / 'pareto'} ({len(report.kept)} files)")
 
@@ -195,6 +194,7 @@ def report(study: str, results_dir: Path) -> None:
 
 def _print_report(report: StudyReport) -> None:
     """The Pareto table, where the exports went, and the estimate-vs-measurement section."""
+    click.echo(f"Pareto front ({', '.join(f'{k} {v[:3]}' for k, v in report.objectives.items())}):")
     click.echo(report.table)
     click.echo(f"trials: {report.csv_path} and {report.parquet_path.name}")
     if report.plot_path is not None:

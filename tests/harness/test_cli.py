@@ -569,7 +569,8 @@ def test_report_prints_the_pareto_table(searched: Searched) -> None:
     result = ok(invoke(["report", "tiny", "--results-dir", searched.results_dir]))
     frame = results.load("tiny", results_dir=searched.results_dir)
     front = results.pareto_front(frame, {"accuracy": "maximize", "energy_mj": "minimize"})
-    header, *rows = result.stdout.splitlines()[: len(front) + 1]
+    title, header, *rows = result.stdout.splitlines()[: len(front) + 2]
+    assert title == "Pareto front (accuracy max, energy_mj min):"  # as `search` prints it
     assert header.split()[:3] == ["trial_number", "label", "accuracy"]
     assert sorted(int(row.split()[0]) for row in rows) == sorted(front["trial_number"].astype(int))
     assert "energy_vs_int8_pct" in header
