@@ -38,29 +38,13 @@ from devices.transports import AdbTransport, SshTransport
 from devices.transports.base import Transport
 from tests.devices.test_fleet import tiny_tflite
 from tests.devices.test_meter_windows import PowerMeterContract
-from tests.peers.adbd import AdbdPeer, AdbServer
+from tests.peers.adbd import AdbdPeer
 from tests.peers.emulated_meters import PMIC_RAILS, HwmonEmulator, Pi5PmicEmulator
-from tests.peers.sshd import SshdPeer
 
 pytestmark = pytest.mark.timeout(90)
 
 FAKE = Path(__file__).resolve().parents[1] / "peers" / "fake_benchmark_model.py"
 TMP = "/data/local/tmp"
-
-
-@pytest.fixture
-def board(sshd_peer: SshdPeer, tmp_path: Path) -> Iterator[SshTransport]:
-    with SshTransport("pi5", sshd_peer.host, sshd_peer.port, sshd_peer.user, sshd_peer.client_key,
-                      sshd_peer.known_hosts, str(tmp_path / "workdir"),
-                      connect_timeout_s=5.0) as transport:
-        yield transport
-
-
-@pytest.fixture
-def phone(adbd_peer: AdbdPeer, adb_server: AdbServer) -> Iterator[AdbTransport]:
-    with AdbTransport("phone", adbd_peer.serial, adb_server=adb_server.address,
-                      connect_timeout_s=10.0) as transport:
-        yield transport
 
 
 def sampler_pids(pattern: str, settle_s: float = 2.0) -> list[int]:

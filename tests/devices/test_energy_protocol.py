@@ -12,7 +12,7 @@ import math
 import shlex
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from devices.meters.factory import build_meter, device_is_charging, read_tempera
 from devices.meters.sources import odpm_counter_reading
 from devices.runners import benchmark_argv, parse_benchmark_output
 from devices.transports import AdbTransport
-from tests.peers.adbd import AdbdPeer, AdbServer
+from tests.peers.adbd import AdbdPeer
 from tests.peers.emulated_meters import OdpmEmulator, write_battery_status, write_thermal_zone
 
 pytestmark = pytest.mark.timeout(120)
@@ -302,13 +302,6 @@ def test_simulated_meter_defaults_to_active_for_the_whole_run() -> None:
 
 
 # --- end to end: emulated ODPM over the real adb server -----------------------------------------
-
-
-@pytest.fixture
-def phone(adbd_peer: AdbdPeer, adb_server: AdbServer) -> Iterator[AdbTransport]:
-    with AdbTransport("phone", adbd_peer.serial, adb_server=adb_server.address,
-                      connect_timeout_s=10.0) as transport:
-        yield transport
 
 
 @dataclass(frozen=True)

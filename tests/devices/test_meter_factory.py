@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -33,9 +32,8 @@ from devices.meters.factory import (
     read_temperatures,
 )
 from devices.transports import AdbTransport, SshTransport
-from tests.peers.adbd import AdbdPeer, AdbServer
+from tests.peers.adbd import AdbdPeer
 from tests.peers.emulated_meters import PMIC_RAILS, Pi5PmicEmulator, write_thermal_zone
-from tests.peers.sshd import SshdPeer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,13 +130,6 @@ def test_host_command_meter_needs_no_transport(tmp_path: Path) -> None:
 
 
 # --- kinds over adb ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def phone(adbd_peer: AdbdPeer, adb_server: AdbServer) -> Iterator[AdbTransport]:
-    with AdbTransport("phone", adbd_peer.serial, adb_server=adb_server.address,
-                      connect_timeout_s=10.0) as transport:
-        yield transport
 
 
 def on_phone(peer: AdbdPeer, device_path: str, text: str) -> Path:
@@ -356,14 +347,6 @@ def test_charging_temperatures_and_cpu_caps(phone: AdbTransport, adbd_peer: Adbd
 
 
 # --- the Pi 5 PMIC over ssh, with the emulated vcgencmd -------------------------------------------
-
-
-@pytest.fixture
-def board(sshd_peer: SshdPeer, tmp_path: Path) -> Iterator[SshTransport]:
-    with SshTransport("pi5", sshd_peer.host, sshd_peer.port, sshd_peer.user, sshd_peer.client_key,
-                      sshd_peer.known_hosts, str(tmp_path / "workdir"),
-                      connect_timeout_s=5.0) as transport:
-        yield transport
 
 
 def test_pi5_pmic_over_ssh_follows_the_emulated_power(board: SshTransport, tmp_path: Path) -> None:
