@@ -57,6 +57,10 @@ OBJECTIVES: dict[str, str] = {
 }
 SCORE_COSTS = ("energy", "bops", "size", "latency")
 
+#: ``harness finetune``: the chosen candidates' training on the real task after the search
+#: (document 000 evaluates on a proxy task, then trains the result model on the real one).
+DEFAULT_FINETUNE = TrainSettings(epochs=3, data_fraction=1.0, lr_schedule="cosine")
+
 
 @dataclass(frozen=True)
 class Constraints:
@@ -110,6 +114,7 @@ class SearchConfig:
     energy: EnergyProtocol = field(default_factory=EnergyProtocol)
     accuracy_from: Literal["tflite", "keras"] = "tflite"
     results_dir: str = "results"
+    finetune: TrainSettings = field(default_factory=lambda: DEFAULT_FINETUNE)
 
     def with_overrides(self, **overrides: object) -> SearchConfig:
         """A copy with the CLI's flags applied (``None`` values leave a setting alone)."""
@@ -121,6 +126,7 @@ class SearchConfig:
                 raise InputError(f"--sampler: {e}") from e
         if "seed" in values:
             values["training"] = replace(self.training, seed=values["seed"])
+            values["finetune"] = replace(self.finetune, seed=values["seed"])
         if "devices" in values:
             values["measure"] = replace(self.measure, devices=tuple(values.pop("devices")))  # type: ignore[arg-type]
         if "inventory" in values:
@@ -263,18 +269,8 @@ def config_from_mapping(
         raise InputError(f"[score] pruner: expected none, hyperband or median, got {values['pruner']!r}")
     score.finish()
 
-    training = _Section(root.get("training", dict, {}), "[training]")
-    try:
-        values["training"] = TrainSettings(
-            epochs=training.get("epochs", int, defaults.training.epochs),  # type: ignore[arg-type]
-            data_fraction=training.get("data_fraction", float, defaults.training.data_fraction),  # type: ignore[arg-type]
-            batch_size=training.get("batch_size", int, defaults.training.batch_size),  # type: ignore[arg-type]
-            learning_rate=training.get("learning_rate", float, defaults.training.learning_rate),  # type: ignore[arg-type]
-            seed=values["seed"],  # type: ignore[arg-type]
-        )
-    except ValueError as e:
-        raise InputError(f"[training]: {e}") from e
-    training.finish()
+    values["training"] = _train_settings(root, "training", defaults.training, values["seed"])  # type: ignore[arg-type]
+    values["finetune"] = _train_settings(root, "finetune", defaults.finetune, values["seed"])  # type: ignore[arg-type]
 
     constraints = _Section(root.get("constraints", dict, {}), "[constraints]")
     values["constraints"] = Constraints(
@@ -323,6 +319,24 @@ def config_from_mapping(
     measure.finish()
     root.finish()
     return SearchConfig(**values)  # type: ignore[arg-type]
+
+
+def _train_settings(root: _Section, name: str, defaults: TrainSettings, seed: int) -> TrainSettings:
+    """``[training]`` (the search's proxy training) or ``[finetune]`` (after the search)."""
+    section = _Section(root.get(name, dict, {}), f"[{name}]")
+    try:
+        settings = TrainSettings(
+            epochs=section.get("epochs", int, defaults.epochs),  # type: ignore[arg-type]
+            data_fraction=section.get("data_fraction", float, defaults.data_fraction),  # type: ignore[arg-type]
+            batch_size=section.get("batch_size", int, defaults.batch_size),  # type: ignore[arg-type]
+            learning_rate=section.get("learning_rate", float, defaults.learning_rate),  # type: ignore[arg-type]
+            seed=seed,
+            lr_schedule=section.get("lr_schedule", str, defaults.lr_schedule),  # type: ignore[arg-type]
+        )
+    except ValueError as e:
+        raise InputError(f"[{name}]: {e}") from e
+    section.finish()
+    return settings
 
 
 _ENERGY_KEYS: dict[str, type | tuple[type, ...]] = {

@@ -25,7 +25,7 @@ from search.estimates import Estimate, estimate
 from search.lowering import evaluate_tflite, lower, precision_for, write_tflite
 from search.quantizers import Scheme
 from search.space import SearchSpace
-from search.training import TrainResult, evaluate_keras, train_candidate
+from search.training import TrainResult, TrainSettings, evaluate_keras, train_candidate
 
 __all__ = ["HostOutcome", "CandidateEvaluator", "PJ_PER_MJ"]
 
@@ -109,17 +109,20 @@ class CandidateEvaluator:
         trial_dir: Path,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         train: bool = True,
+        training: TrainSettings | None = None,
     ) -> HostOutcome:
-        """Proxy-train ``model`` (unless ``train`` is false), lower it and check the lowering.
+        """Train ``model`` (unless ``train`` is false), lower it and check the lowering.
 
-        Files are written under ``trial_dir`` atomically; a callback may raise to prune.
+        ``training`` defaults to the search's proxy training (``config.training``); fine-tuning
+        passes its own. Files are written under ``trial_dir`` atomically; a callback may raise
+        to prune.
         """
         outcome = HostOutcome(spec=spec, estimate=cost)
         trial_dir.mkdir(parents=True, exist_ok=True)
         data = self.dataset
         gate_callback = GateCallback(self.gate)
         with self._stage() as train_s:
-            self._train(model, outcome, gate_callback, callbacks, train)
+            self._train(model, outcome, gate_callback, callbacks, train, training or self.config.training)
         outcome.timings_s["train"] = train_s()
 
         with self._stage() as convert_s:
@@ -150,13 +153,15 @@ class CandidateEvaluator:
             )
         return outcome
 
-    def _train(self, model, outcome: HostOutcome, gate_callback: GateCallback, callbacks, train: bool) -> None:
+    def _train(
+        self, model, outcome: HostOutcome, gate_callback: GateCallback, callbacks, train: bool, settings: TrainSettings,
+    ) -> None:
         data = self.dataset
         try:
             if train:
                 result: TrainResult = train_candidate(
                     model, data.x_train, data.y_train, data.x_val, data.y_val,
-                    self.config.training, callbacks=[gate_callback, *callbacks],
+                    settings, callbacks=[gate_callback, *callbacks],
                     # the search's own callbacks are pruners that read each epoch's accuracy
                     validate_each_epoch=bool(callbacks),
                 )
