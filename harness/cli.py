@@ -182,6 +182,50 @@ def measure(model_path: Path, device_name: str, inventory, results_dir: Path, th
 
 
 @cli.command()
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--study", help="The searched study (default: the config's).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--trial", "trials", multiple=True, type=click.IntRange(min=0),
+              help="A trial to fine-tune (repeatable; default: the Pareto front and the reference and int8 seeds).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Replaces [finetune] epochs.")
+@click.option("--data-fraction", type=click.FloatRange(0, 1, min_open=True), help="Replaces [finetune] data_fraction.")
+@click.option("--device", "devices", multiple=True,
+              help="Device name or tag:TAG to measure on (repeatable; replaces [measure] devices).")
+@click.option("--inventory", "inventory", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Device inventory TOML (repeatable; default: devices/*.toml here).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def finetune(
+    config_path: Path | None, study, results_dir, trials, epochs, data_fraction, devices, inventory, no_progress
+) -> None:
+    """Train a search's chosen candidates on the real task ([finetune]) and measure them again.
+
+    Reads the same CONFIG_PATH as the search; writes the study STUDY-finetuned.
+    """
+    from dataclasses import replace
+
+    from harness.config import SearchConfig, load_config
+
+    config = load_config(config_path) if config_path is not None else SearchConfig()
+    config = config.with_overrides(
+        study=study, results_dir=None if results_dir is None else str(results_dir),
+        devices=tuple(devices) or None, inventory=tuple(str(p) for p in inventory) or None,
+    )
+    tuned = {k: v for k, v in (("epochs", epochs), ("data_fraction", data_fraction)) if v is not None}
+    config = replace(config, finetune=replace(config.finetune, **tuned))
+    from harness.finetune import FinetuneRun, raise_for_failures
+    from harness.report import build_report
+
+    summary = FinetuneRun(config, trials=trials, progress=not no_progress).run()
+    click.echo(f"study {summary.study}: {len(summary.done)} fine-tuned, {len(summary.reused)} done before, "
+               f"{len(summary.failed)} failed ({config.finetune.epochs} epoch(s) on "
+               f"{config.finetune.data_fraction * 100:g} % of the training split)")
+    report = build_report(config.results_dir, summary.study, objectives_of=config.study)
+    _print_report(report)
+    click.echo(f"Pareto models: {report.csv_path.parent / 'pareto'} ({len(report.kept)} files)")
+    raise_for_failures(summary)
+
+
+@cli.command()
 @click.argument("study")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True)

@@ -7,10 +7,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from devices.base import Measurement
+from devices.fleet import FleetResult
 from harness.config import SearchConfig
 from harness.evaluate import PJ_PER_MJ, HostOutcome
 from results.calibration import macs_by_precision
-from results.records import Metric
+from results.records import Metric, TrialRecord
 from search.estimates import Estimate
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "estimated_energy_metric",
     "host_metrics",
     "measurement_metrics",
+    "apply_fleet_result",
     "objective_values",
     "OBJECTIVE_METRIC",
 ]
@@ -94,6 +96,21 @@ def measurement_metrics(
     else:
         metrics["energy_mj"] = estimated_energy_metric(cost)
     return metrics
+
+
+def apply_fleet_result(record: TrialRecord, result: FleetResult, cost: Estimate, aggregate: str) -> str | None:
+    """Puts a fleet measurement into ``record``: a row per device class, the attempts that were
+    retried (which device failed, and why), the measure time and the metrics. Returns why the
+    measurement failed, or ``None``."""
+    measurements = result.measurements
+    record.measurements = [{**m.to_dict(), "device_class": c} for c, m in measurements.items()]
+    record.flags.extend(f"retried:{f.line()}" for f in result.failures if measurements.get(f.device_class))
+    if measurements:
+        record.timings_s["measure"] = sum(m.window_s for m in measurements.values())
+    if not result.ok:
+        return "measurement failed: " + "; ".join(line for lines in result.errors.values() for line in lines)
+    record.metrics.update(measurement_metrics(measurements, cost, aggregate))
+    return None
 
 
 def objective_values(metrics: dict[str, Metric], config: SearchConfig) -> list[float]:

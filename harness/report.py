@@ -17,13 +17,13 @@ from results.pareto import pareto_front
 from results.plots import plot_estimate_vs_measured, plot_pareto
 from results.store import ResultsStore
 
-__all__ = ["CALIBRATION_PLOT", "StudyReport", "build_report"]
+__all__ = ["CALIBRATION_PLOT", "StudyReport", "build_report", "study_objectives"]
 
 #: File name, in the study's results directory, of the estimate-vs-measurement plot.
 CALIBRATION_PLOT = "estimate_vs_measured.png"
 
 _TABLE_COLUMNS = (
-    "trial_number", "label", "accuracy", "keras_accuracy", "energy_mj", "energy_mj_source",
+    "trial_number", "label", "accuracy", "proxy_accuracy", "keras_accuracy", "energy_mj", "energy_mj_source",
     "energy_pj_estimated", "latency_ms", "size_bytes", "bops", "lowering_mode",
 )
 
@@ -50,7 +50,7 @@ class StudyReport:
     calibration_plot_path: Path | None = None
 
 
-def _objectives(results_dir: Path, study_name: str) -> dict[str, str]:
+def study_objectives(results_dir: Path, study_name: str) -> dict[str, str]:
     """Metric column -> direction, as the study was created (accuracy vs energy if unknown)."""
     try:
         study = optuna.load_study(study_name=study_name, storage=study_storage_url(results_dir))
@@ -63,10 +63,13 @@ def _objectives(results_dir: Path, study_name: str) -> dict[str, str]:
     return {OBJECTIVE_METRIC[n]: d for n, d in zip(names, directions, strict=True)}
 
 
-def build_report(results_dir: str | Path, study_name: str) -> StudyReport:
+def build_report(results_dir: str | Path, study_name: str, objectives_of: str | None = None) -> StudyReport:
     """Export the study, compute its Pareto front and, when devices measured energy, compare
     the host estimate with the measurements (:mod:`results.calibration`; plot
     ``<study>/estimate_vs_measured.png``).
+
+    ``objectives_of`` names the Optuna study whose objectives define the front (default: this
+    one); a fine-tuned set has no study of its own and uses its search's.
 
     Raises:
         InputError: no results store under ``results_dir`` or no trial of ``study_name``.
@@ -83,7 +86,7 @@ def build_report(results_dir: str | Path, study_name: str) -> StudyReport:
         study_dir = results_dir / study_name
         csv_path, parquet_path = export_study(store, study_name, study_dir)
     frame = to_frame(records)
-    objectives = _objectives(results_dir, study_name)
+    objectives = study_objectives(results_dir, objectives_of or study_name)
     feasible = frame[~frame["flags"].fillna("").str.contains("constraint:")]
     missing = [c for c in objectives if c not in frame.columns]
     front = feasible.iloc[0:0] if missing else pareto_front(feasible, objectives)

@@ -39,6 +39,7 @@ from harness.evaluate import CandidateEvaluator, HostOutcome
 from harness.fleet_setup import inventory_from, open_devices, open_fleet
 from harness.host_gate import HostCpuGate
 from harness.objectives import (
+    apply_fleet_result,
     estimate_metrics,
     estimated_energy_metric,
     host_metrics,
@@ -400,19 +401,10 @@ class SearchRun:
         except Exception as e:  # noqa: BLE001 - a device bug (not a DeviceError) must not take the search down
             self._fail(study, store, item.trial, record, f"measurement failed: {type(e).__name__}: {e}")
             return
-        measurements = result.measurements
-        record.measurements = [{**m.to_dict(), "device_class": c} for c, m in measurements.items()]
-        # retried attempts stay visible: which device failed, and why
-        record.flags.extend(f"retried:{f.line()}" for f in result.failures if measurements.get(f.device_class))
-        if measurements:
-            record.timings_s["measure"] = sum(m.window_s for m in measurements.values())
-        if not result.ok:
-            lines = [line for lines in result.errors.values() for line in lines]
-            self._fail(study, store, item.trial, record, "measurement failed: " + "; ".join(lines))
+        error = apply_fleet_result(record, result, outcome.estimate, self.config.measure.latency_aggregate)
+        if error is not None:
+            self._fail(study, store, item.trial, record, error)
             return
-        record.metrics.update(
-            measurement_metrics(measurements, outcome.estimate, self.config.measure.latency_aggregate)
-        )
         if self.config.mode == "score":
             record.metrics["score"] = Metric(self._score(record), "score", "measured")
         excess = self._limit_excess(record)
