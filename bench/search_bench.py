@@ -67,6 +67,10 @@ FULL = {
     # would take about 7 h, at this budget about 2.5 h.
     "epochs": 1,
     "data_fraction": 0.1,
+    # After each search, `harness finetune` trains its Pareto candidates and the int8 and float
+    # seeds on the whole training split (section 4). One epoch with a cosine decay (about 25 s
+    # per model on 2 cores, some 100 models) keeps it under an hour; the harness default is 3.
+    "finetune_epochs": 1,
 }
 STAGES = ("build", "train", "convert", "verify", "measure")
 FINISHED_STATES = ("complete", "rejected", "pruned")  # what the harness counts towards `trials`
@@ -107,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"Fashion-MNIST IDX directory (default {FASHION_PATH} for fashion-mnist)")
     p.add_argument("--epochs", type=int, default=FULL["epochs"], help="proxy-QAT epochs")
     p.add_argument("--data-fraction", type=float, default=FULL["data_fraction"], help="training fraction")
+    p.add_argument("--finetune-epochs", type=int, default=FULL["finetune_epochs"],
+                   help="epochs of the fine-tune after each search (0: none, no section 4)")
     p.add_argument("--checkpoints", type=int, nargs="+", default=FULL["checkpoints"],
                    help="hypervolume after this many finished trials")
     p.add_argument("--min-seconds", type=float, default=None, help="[measure] min_seconds (default: the harness's)")
@@ -119,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.trials < 1:
         p.error("--trials must be >= 1")
+    if args.finetune_epochs < 0:
+        p.error("--finetune-epochs must be >= 0")
     if args.data_fraction is not None and not 0 < args.data_fraction <= 1:
         p.error("--data-fraction must be in (0, 1]")
     return args
@@ -147,6 +155,8 @@ def build_mapping(args: argparse.Namespace, key: RunKey, study: str, results_dir
         training["epochs"] = args.epochs
     if args.data_fraction is not None:
         training["data_fraction"] = args.data_fraction
+    if args.finetune_epochs:
+        mapping.setdefault("finetune", {})["epochs"] = args.finetune_epochs
     measure = mapping.setdefault("measure", {})
     measure.setdefault("devices", ["local"])
     if args.min_seconds is not None:
@@ -158,8 +168,12 @@ def settings_tag(config) -> str:
     """What changes a trial's outcome, in the run directory's name (the trial count is not)."""
     t = config.training
     rest = {k: v for k, v in _config_dict(config).items()
-            if k not in ("study", "trials", "results_dir", "sampler", "seed")}
+            if k not in ("study", "trials", "results_dir", "sampler", "seed", "finetune")}  # finetune: after the search
     rest["training"].pop("seed", None)
+    if rest["training"].get("lr_schedule") == "constant":
+        # added after the full protocol ran, with the old behaviour as its default: runs made
+        # before it keep their name (and are resumed, not redone)
+        del rest["training"]["lr_schedule"]
     return f"e{t.epochs}-f{t.data_fraction:g}-" + _short_hash(json.dumps(rest, sort_keys=True))
 
 
@@ -243,6 +257,30 @@ def run_one(args: argparse.Namespace, key: RunKey, config, study: str, results_d
     _write_json(timing_path, timing)
     log.info("%s: %d finished in %.1f s (+%.1f s setup); states %s",
              study, summary.finished, t2 - t1, t1 - t0, summary.counts)
+    return timing
+
+
+def finetune_one(args: argparse.Namespace, config, study: str, results_dir: Path) -> dict:
+    """`harness finetune` of one finished search (resumed like the search); returns its log."""
+    from harness.finetune import FinetuneRun
+
+    log_path = results_dir / "bench_finetune.json"
+    timing = _read_json(log_path, {"segments": []})
+    if finished_trials(results_dir, study) < args.trials:
+        log.info("%s: search unfinished; not fine-tuned", study)
+        return timing
+    t0 = time.perf_counter()
+    try:
+        summary = FinetuneRun(config, progress=args.progress).run()
+    except Exception as e:
+        log.exception("%s: the fine-tune raised; its partial results are reported", study)
+        timing["segments"].append({"error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]})
+    else:
+        timing["segments"].append({
+            "wall_s": time.perf_counter() - t0, "done": len(summary.done), "reused": len(summary.reused),
+            "failed": summary.failed, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+        })
+    _write_json(log_path, timing)
     return timing
 
 
@@ -347,6 +385,25 @@ def best_reduction(frame: pd.DataFrame, upto: int) -> dict:
         "n_complete": len(done),
         "lowering_mode": str(best.get("param_lowering_mode", "")),
     }
+
+
+def finetuned_reduction(frame: pd.DataFrame, tuned: pd.DataFrame, timing: dict) -> dict:
+    """Section 4 for one run: section 1's pick over the fine-tuned set, against the fine-tuned
+    int8 seed, with each pick's proxy (search) accuracy beside it."""
+    result = best_reduction(tuned, upto=len(tuned))
+    if "error" in result:
+        return result
+    proxy = frame.set_index("trial_number")["accuracy"]
+    done = [seg for seg in timing.get("segments", []) if "wall_s" in seg]
+    result.update(
+        proxy_accuracy=float(proxy.get(result["trial"], math.nan)),
+        int8_proxy_accuracy=float(proxy.get(result["int8_trial"], math.nan)),
+        n_tuned=int((tuned["state"] == "complete").sum()),
+        n_failed=int((tuned["state"] == "failed").sum()),
+        train_s_per_model=float(tuned["time_train_s"].mean()) if "time_train_s" in tuned else math.nan,
+        wall_s=sum(seg["wall_s"] for seg in done) if done else math.nan,
+    )
+    return result
 
 
 def hypervolume_at(frame: pd.DataFrame, upto: int) -> float | None:
@@ -728,6 +785,9 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
             f"{_f(wall, '.1f')} | {_f(agg['gate'] if all_instrumented else math.nan, '.1f')} | "
             f"{_f(agg['device'] if all_instrumented else math.nan, '.1f')} | {pct(share)} | {pct(main_share)} |")
     add("")
+    tuned_runs = [r for r in runs if r.get("section4")]
+    if tuned_runs:
+        write_finetune_section(add, tuned_runs, config)
     errors = [(r, e) for r in runs for e in r.get("errors", [])]
     if errors:
         add("## Errors")
@@ -747,6 +807,55 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
     write_section(args.output, "search-bench", "\n".join(lines))  # other benchmarks keep their sections
 
 
+def write_finetune_section(add, runs: list[dict], config: dict | None) -> None:
+    """Section 4: section 1 again, after `harness finetune` trained the chosen candidates."""
+    f = (config or {}).get("finetune", {})
+    add("## 4. After fine-tuning the chosen candidates on the whole training split")
+    add("")
+    add(f"`harness finetune` after each search: its Pareto candidates and its int8 and float seed trials, each "
+        f"continued from its trained .keras for {f.get('epochs')} epoch(s) on {f.get('data_fraction', 1) * 100:g} % "
+        f"of the training split (batch {f.get('batch_size')}, Adam from {f.get('learning_rate')} with a "
+        f"{f.get('lr_schedule')} schedule), then lowered, verified and measured again. The pick is section 1's "
+        "rule over the fine-tuned set, against the fine-tuned int8 seed: both baselines get the same training "
+        "as the candidates. \"proxy\" is the accuracy the search saw.")
+    add("")
+    add("| sampler | seed | fine-tuned | int8 acc (proxy → tuned) | best trial | its acc (proxy → tuned) | "
+        "Δacc (pts) | energy reduction | latency ms (best / int8) | train s / model | wall (s) |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    reductions: dict[str, list[float]] = {}
+    for run in runs:
+        r = run["section4"]
+        if "error" in r:
+            add(f"| {run['sampler']} | {run['seed']} | {r['error']} |" + " |" * 8)
+            continue
+        reductions.setdefault(run["sampler"], []).append(r["reduction"])
+        add(f"| {run['sampler']} | {run['seed']} | {r['n_tuned']}"
+            + (f" ({r['n_failed']} failed)" if r["n_failed"] else "")
+            + f" | {_f(r['int8_proxy_accuracy'], '.4f')} → {r['int8_accuracy']:.4f} | {r['trial']} | "
+            f"{_f(r['proxy_accuracy'], '.4f')} → {r['accuracy']:.4f} | "
+            f"{(r['accuracy'] - r['int8_accuracy']) * 100:+.2f} | "
+            f"**{r['reduction'] * 100:.1f} %** | {_f(r['latency_ms'], '.4f')} / {_f(r['int8_latency_ms'], '.4f')} | "
+            f"{_f(r['train_s_per_model'], '.1f')} | {_f(r['wall_s'], '.0f')} |")
+    add("")
+    if reductions:
+        add("| sampler | energy reduction after fine-tuning, mean over seeds | best |")
+        add("|---|---|---|")
+        for sampler, values in reductions.items():
+            add(f"| {sampler} | {np.mean(values) * 100:.1f} % (n={len(values)}) | {max(values) * 100:.1f} % |")
+        add("")
+        add("Other accuracy-loss allowances after fine-tuning, reduction (trial, accuracy):")
+        add("")
+        add("| sampler | seed | " + " | ".join(f"≤ {pt} pt" for pt in SWEEP_POINTS) + " |")
+        add("|---|---|" + "---|" * len(SWEEP_POINTS))
+        for run in runs:
+            sweep = run["section4"].get("by_tolerance")
+            if sweep:
+                add(f"| {run['sampler']} | {run['seed']} | " + " | ".join(
+                    f"{sweep[pt]['reduction'] * 100:.1f} % (#{sweep[pt]['trial']}, {sweep[pt]['accuracy']:.4f})"
+                    for pt in SWEEP_POINTS) + " |")
+        add("")
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 
@@ -759,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import results
     from harness.config import config_from_mapping
+    from harness.finetune import finetuned_study
 
     started = _dt.datetime.now().isoformat(timespec="seconds")
     load_start = os.getloadavg()[0]
@@ -783,12 +893,23 @@ def main(argv: list[str] | None = None) -> int:
             except results.ResultsError as e:
                 log.warning("%s: no results (%s); left out of the report", study, e)
                 continue
+            section4 = None
+            if args.finetune_epochs:
+                tuned_timing = (_read_json(results_dir / "bench_finetune.json", {"segments": []}) if args.report_only
+                                else finetune_one(args, config, study, results_dir))
+                try:
+                    tuned = results.load(finetuned_study(study), results_dir=results_dir)
+                except results.ResultsError:
+                    section4 = {"error": "not fine-tuned"}
+                else:
+                    section4 = finetuned_reduction(frame, tuned, tuned_timing)
             runs.append({
                 "sampler": sampler, "seed": seed, "study": study, "dir": str(results_dir.resolve()),
                 "config": _config_dict(config),
                 "section1": best_reduction(frame, upto=args.trials),
                 "section2": {k: hypervolume_at(frame, k) for k in args.checkpoints if k <= args.trials},
                 "section3": stage_times(frame, timing),
+                "section4": section4,
                 "errors": [seg["error"] for seg in timing.get("segments", []) if seg.get("error")],
                 "keys": list(ordered_finished(frame)["candidate_key"]),
                 "started": next((seg.get("started") for seg in timing.get("segments", [])), None),
