@@ -121,6 +121,19 @@ def test_every_section_reaches_its_setting() -> None:
     assert config.lowering_tolerance == 0.05
 
 
+def test_finetune_section_and_its_defaults() -> None:
+    assert SearchConfig().finetune == TrainSettings(epochs=3, data_fraction=1.0, lr_schedule="cosine")
+    config = config_from_mapping({
+        "search": {"seed": 4},
+        "training": {"lr_schedule": "cosine"},
+        "finetune": {"epochs": 5, "data_fraction": 0.5, "learning_rate": 0.0005, "lr_schedule": "constant"},
+    })
+    assert config.training.lr_schedule == "cosine"
+    assert config.finetune == TrainSettings(epochs=5, data_fraction=0.5, learning_rate=0.0005, seed=4,
+                                            lr_schedule="constant")
+    assert config.with_overrides(seed=9).finetune.seed == 9
+
+
 # --- errors name the key ----------------------------------------------------------------------
 
 
@@ -205,6 +218,9 @@ def test_unknown_keys_are_named(data: dict, phrase: str) -> None:
         ({"training": {"epochs": -1}}, "epochs"),
         ({"training": {"data_fraction": 0.0}}, "data_fraction"),
         ({"training": {"batch_size": 0}}, "batch_size"),
+        ({"training": {"lr_schedule": "step"}}, "[training]: training lr_schedule"),
+        ({"finetune": {"data_fraction": 1.5}}, "[finetune]: training data_fraction"),
+        ({"finetune": {"epochs": 2, "patience": 3}}, "[finetune]"),
         ({"measure": {"latency_aggregate": "median"}}, "[measure] latency_aggregate"),
     ],
 )

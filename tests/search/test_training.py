@@ -75,3 +75,24 @@ def test_training_fraction_keeps_every_class_in_proportion() -> None:
     assert len(set(index.tolist())) == len(index)
     assert np.array_equal(index, _stratified_fraction(y, 0.2, seed=3))  # seeded
     assert np.array_equal(_stratified_fraction(y, 1.0, seed=3), np.arange(len(y)))
+
+
+def _final_learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def test_cosine_schedule_decays_to_zero_over_the_whole_run_and_constant_does_not() -> None:
+    x, y, x_val, y_val = _data()
+    settings = TrainSettings(epochs=3, data_fraction=0.5, batch_size=16, learning_rate=0.05, lr_schedule="cosine")
+    cosine = _model()
+    train_candidate(cosine, x, y, x_val, y_val, settings)
+    assert int(cosine.optimizer.iterations) == 3 * 8  # 120 samples in batches of 16, three times
+    assert _final_learning_rate(cosine) == pytest.approx(0.0, abs=1e-7)
+    constant = _model()
+    train_candidate(constant, x, y, x_val, y_val, TrainSettings(epochs=3, data_fraction=0.5, learning_rate=0.05))
+    assert _final_learning_rate(constant) == pytest.approx(0.05)
+
+
+def test_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainSettings(lr_schedule="step")
