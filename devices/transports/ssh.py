@@ -37,7 +37,9 @@ _log = logging.getLogger(__name__)
 _CHUNK = 1 << 16
 _SFTP_CHUNK = 32768  # paramiko's own write size
 _POLL_MAX_S = 0.05
-_EOF_GRACE_S = 1.0  # after the exit status, how long to wait for stdout/stderr EOF
+# After the exit status, how long output may stay silent before EOF is given up on (a child
+# left running in the background can hold the channel open); output still arriving resets it.
+_EOF_GRACE_S = 1.0
 _ABORT_GRACE_S = 1.0  # after closing a stuck channel, when to drop the whole connection
 _SftpWork = Callable[[paramiko.SFTPClient], None]
 
@@ -216,7 +218,7 @@ class SshTransport(Transport):
             with Watchdog(deadline, chan.close):  # exec_command() itself waits without a timeout
                 chan.exec_command(command)
             chan.shutdown_write()
-            exited_at: float | None = None
+            quiet_since: float | None = None  # after the exit status: the last time output arrived
             pause = 0.001
             while True:
                 got = False
@@ -228,9 +230,11 @@ class SshTransport(Transport):
                     got = True
                 now = time.monotonic()
                 if chan.exit_status_ready():  # also true once the channel is closed
-                    exited_at = exited_at or now
+                    # A loaded host can take longer than the grace to deliver the tail of a
+                    # large output; only silence ends the wait, so nothing still arriving is lost.
+                    quiet_since = now if got or quiet_since is None else quiet_since
                     drained = chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready()
-                    if drained or chan.closed or now - exited_at > _EOF_GRACE_S:
+                    if drained or chan.closed or now - quiet_since > _EOF_GRACE_S:
                         break
                 elif not t.is_active():
                     raise ConnectionLost(

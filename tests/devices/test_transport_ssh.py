@@ -201,3 +201,19 @@ def test_constructor_validates_arguments(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError):
             SshTransport(**(ok | bad))  # type: ignore[arg-type]
+
+
+def test_output_still_arriving_after_the_exit_status_is_kept(transport: SshTransport) -> None:
+    """The shell exits at once; a child it left keeps writing for longer than the EOF grace.
+    Regression: on a loaded host the tail of a large output came after the grace and was lost."""
+    script = "(for i in 1 2 3 4; do sleep 0.5; echo line$i; done) & echo started"
+    result = transport.run(script, timeout_s=20)
+    assert result.ok
+    assert result.stdout.split() == ["started", "line1", "line2", "line3", "line4"]
+
+
+def test_a_silent_child_holding_the_channel_ends_the_wait_after_the_grace(transport: SshTransport) -> None:
+    started = time.monotonic()
+    result = transport.run("(sleep 30) & echo started", timeout_s=20)
+    assert result.ok and result.stdout == "started\n"
+    assert time.monotonic() - started < 10  # the grace (1 s) and not the child's 30 s or the deadline
