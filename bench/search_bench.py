@@ -652,10 +652,7 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
             f"{r['lowering_mode']} | {r['n_eligible']} / {r['n_complete']} |")
     add("")
     if reductions:
-        add("| sampler | energy reduction, mean over seeds | best |")
-        add("|---|---|---|")
-        for sampler, values in reductions.items():
-            add(f"| {sampler} | {np.mean(values) * 100:.1f} % (n={len(values)}) | {max(values) * 100:.1f} % |")
+        add_reduction_summary(add, reductions, "energy reduction, mean over seeds")
         best_run = max((r for r in runs if "error" not in r["section1"]), key=lambda r: r["section1"]["reduction"])
         b = best_run["section1"]
         add("")
@@ -807,6 +804,14 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
     write_section(args.output, "search-bench", "\n".join(lines))  # other benchmarks keep their sections
 
 
+def add_reduction_summary(add, reductions: dict[str, list[float]], title: str) -> None:
+    """Per sampler: the mean reduction over its seeds and the best one."""
+    add(f"| sampler | {title} | best |")
+    add("|---|---|---|")
+    for sampler, values in reductions.items():
+        add(f"| {sampler} | {np.mean(values) * 100:.1f} % (n={len(values)}) | {max(values) * 100:.1f} % |")
+
+
 def write_finetune_section(add, runs: list[dict], config: dict | None) -> None:
     """Section 4: section 1 again, after `harness finetune` trained the chosen candidates."""
     f = (config or {}).get("finetune", {})
@@ -838,10 +843,7 @@ def write_finetune_section(add, runs: list[dict], config: dict | None) -> None:
             f"{_f(r['train_s_per_model'], '.1f')} | {_f(r['wall_s'], '.0f')} |")
     add("")
     if reductions:
-        add("| sampler | energy reduction after fine-tuning, mean over seeds | best |")
-        add("|---|---|---|")
-        for sampler, values in reductions.items():
-            add(f"| {sampler} | {np.mean(values) * 100:.1f} % (n={len(values)}) | {max(values) * 100:.1f} % |")
+        add_reduction_summary(add, reductions, "energy reduction after fine-tuning, mean over seeds")
         add("")
         add("Other accuracy-loss allowances after fine-tuning, reduction (trial, accuracy):")
         add("")

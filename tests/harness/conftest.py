@@ -33,6 +33,8 @@ __all__ = [
     "toml_text",
     "merged",
     "invoke",
+    "ok",
+    "store_records",
     "assert_input_error",
     "subprocess_env",
 ]
@@ -126,6 +128,23 @@ def invoke(args: Sequence[str | Path]):  # -> click.testing.Result
 
     runner = CliRunner()
     return runner.invoke(cli, [str(a) for a in args], prog_name="harness", catch_exceptions=True)
+
+
+def ok(result, code: int = 0):  # -> click.testing.Result
+    """``result`` after asserting its exit code, with everything it printed when it differs."""
+    assert result.exit_code == code, (
+        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n"
+        f"exception: {result.exception!r}"
+    )
+    return result
+
+
+def store_records(results_dir: Path, study: str) -> dict:  # trial number -> TrialRecord
+    """A study's records in ``results_dir``'s store, by trial number."""
+    from results.store import ResultsStore
+
+    with ResultsStore(results_dir / "harness.sqlite", create=False) as store:
+        return {r.trial_number: r for r in store.records(study)}
 
 
 def assert_input_error(result, *phrases: str) -> str:

@@ -39,6 +39,8 @@ from tests.harness.conftest import (
     cheap_config,
     invoke,
     merged,
+    ok,
+    store_records,
     subprocess_env,
     toml_text,
 )
@@ -53,21 +55,8 @@ def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (
-        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n"
-        f"exception: {result.exception!r}"
-    )
-    return result
-
-
 def search_args(config: Path, results_dir: Path, *extra: str | int) -> list[str | Path]:
     return ["search", config, "--results-dir", results_dir, "--no-progress", *map(str, extra)]
-
-
-def store_records(results_dir: Path, study: str) -> dict[int, results.TrialRecord]:
-    with ResultsStore(results_dir / "harness.sqlite", create=False) as store:
-        return {r.trial_number: r for r in store.records(study)}
 
 
 # --- one search, looked at from every side ---------------------------------------------------

@@ -23,7 +23,7 @@ from click.testing import Result
 
 from devices.leases import LeaseStore
 from tests.devices.test_provision import write_wheel
-from tests.harness.conftest import HARNESS_BIN, assert_input_error, invoke
+from tests.harness.conftest import HARNESS_BIN, assert_input_error, invoke, ok
 from tests.peers.sshd import SshdPeer, sshd_peer_fixture
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,13 +88,6 @@ meter = {{ kind = "odpm" }}
 
 def run(*args: object) -> Result:
     return invoke([str(a) for a in args])
-
-
-def ok(result: Result, code: int = 0) -> Result:
-    assert result.exit_code == code, (
-        f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\n"
-        f"exception: {result.exception!r}")
-    return result
 
 
 def listed(inventory: Path, results: Path) -> dict[str, dict[str, object]]:

@@ -22,7 +22,16 @@ from harness.finetune import select_trials
 from results.records import Metric, TrialRecord
 from results.store import ResultsStore
 from search.quantizers import qkeras_custom_objects
-from tests.harness.conftest import CACHE_ENV, assert_input_error, cheap_config, invoke, merged, toml_text
+from tests.harness.conftest import (
+    CACHE_ENV,
+    assert_input_error,
+    cheap_config,
+    invoke,
+    merged,
+    ok,
+    store_records,
+    toml_text,
+)
 
 pytestmark = pytest.mark.usefixtures("harness_env")
 
@@ -31,16 +40,6 @@ OBJECTIVES = {"accuracy": "maximize", "energy_mj": "minimize"}
 
 def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.stdout}\n{result.stderr}\n{result.exception!r}"
-    return result
-
-
-def records(results_dir: Path, study: str) -> dict[int, TrialRecord]:
-    with ResultsStore(results_dir / "harness.sqlite", create=False) as store:
-        return {r.trial_number: r for r in store.records(study)}
 
 
 @dataclass(frozen=True)
@@ -60,18 +59,18 @@ def tuned(tmp_path_factory: pytest.TempPathFactory, tiny_reference: Path, exampl
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(CACHE_ENV, str(example_cache))
         ok(invoke(["search", config, "--results-dir", results_dir, "--no-progress", "--trials", "5"]))
-        parent_keras = {n: sha256(r.artifacts["keras"].path) for n, r in records(results_dir, "tiny").items()}
+        parent_keras = {n: sha256(r.artifacts["keras"].path) for n, r in store_records(results_dir, "tiny").items()}
         result = invoke(["finetune", config, "--results-dir", results_dir, "--no-progress", "--data-fraction", "0.5"])
     return Tuned(config, results_dir, result, parent_keras)
 
 
 def test_the_front_and_both_seeds_are_fine_tuned_under_their_own_trial_numbers(tuned: Tuned) -> None:
     result = ok(tuned.result)
-    parents = records(tuned.results_dir, "tiny")
+    parents = store_records(tuned.results_dir, "tiny")
     expected = select_trials(list(parents.values()), OBJECTIVES)
     front = results.pareto_front(results.load("tiny", results_dir=tuned.results_dir), OBJECTIVES)
     assert set(front["trial_number"].astype(int)) | {0, 1} == set(expected)
-    children = records(tuned.results_dir, "tiny-finetuned")
+    children = store_records(tuned.results_dir, "tiny-finetuned")
     assert sorted(children) == expected
     for number, child in children.items():
         parent = parents[number]
@@ -86,8 +85,8 @@ def test_the_front_and_both_seeds_are_fine_tuned_under_their_own_trial_numbers(t
 
 def test_fine_tuned_rows_are_measured_and_keep_the_proxy_accuracy(tuned: Tuned) -> None:
     ok(tuned.result)
-    parents = records(tuned.results_dir, "tiny")
-    for number, child in records(tuned.results_dir, "tiny-finetuned").items():
+    parents = store_records(tuned.results_dir, "tiny")
+    for number, child in store_records(tuned.results_dir, "tiny-finetuned").items():
         parent = parents[number]
         assert child.metrics["proxy_accuracy"] == parent.metrics["accuracy"]
         assert 0 <= child.metric_value("accuracy") <= 1
@@ -103,15 +102,15 @@ def test_fine_tuned_rows_are_measured_and_keep_the_proxy_accuracy(tuned: Tuned) 
 
 def test_fine_tuned_models_are_new_files_and_the_search_files_are_untouched(tuned: Tuned) -> None:
     ok(tuned.result)
-    parents = records(tuned.results_dir, "tiny")
-    for number, child in records(tuned.results_dir, "tiny-finetuned").items():
+    parents = store_records(tuned.results_dir, "tiny")
+    for number, child in store_records(tuned.results_dir, "tiny-finetuned").items():
         for kind in ("keras", "tflite"):
             path = Path(child.artifacts[kind].path)
             assert path.is_relative_to(tuned.results_dir / "tiny-finetuned" / "trials")
             assert sha256(path) == child.artifacts[kind].sha256
         assert sha256(parents[number].artifacts["keras"].path) == tuned.parent_keras[number]
     # training moved the weights (the float reference trains too: it is a baseline like int8)
-    child = records(tuned.results_dir, "tiny-finetuned")[0]
+    child = store_records(tuned.results_dir, "tiny-finetuned")[0]
     before = keras.models.load_model(parents[0].artifacts["keras"].path, custom_objects=qkeras_custom_objects())
     after = keras.models.load_model(child.artifacts["keras"].path, custom_objects=qkeras_custom_objects())
     assert any(not np.allclose(a, b) for a, b in zip(before.get_weights(), after.get_weights(), strict=True))
@@ -130,11 +129,11 @@ def test_the_fine_tuned_set_is_exported_and_reported_like_a_study(tuned: Tuned) 
 
 def test_rerun_with_the_same_settings_redoes_nothing(tuned: Tuned) -> None:
     ok(tuned.result)
-    before = records(tuned.results_dir, "tiny-finetuned")
+    before = store_records(tuned.results_dir, "tiny-finetuned")
     again = ok(invoke(["finetune", tuned.config, "--results-dir", tuned.results_dir, "--no-progress",
                        "--data-fraction", "0.5"]))
     assert f"0 fine-tuned, {len(before)} done before" in again.stdout
-    after = records(tuned.results_dir, "tiny-finetuned")
+    after = store_records(tuned.results_dir, "tiny-finetuned")
     assert {n: r.artifacts["keras"].sha256 for n, r in after.items()} == {
         n: r.artifacts["keras"].sha256 for n, r in before.items()}
 
@@ -157,7 +156,7 @@ def copied(tuned: Tuned, tmp_path: Path) -> Path:
 
 
 def test_a_killed_fine_tune_is_finished_on_rerun_and_other_settings_redo_all(tuned: Tuned, copied: Path) -> None:
-    done = records(copied, "tiny-finetuned")
+    done = store_records(copied, "tiny-finetuned")
     victim = max(done)
     with ResultsStore(copied / "harness.sqlite") as store:
         record = done[victim]
@@ -165,21 +164,21 @@ def test_a_killed_fine_tune_is_finished_on_rerun_and_other_settings_redo_all(tun
         store.put(record)
     again = ok(invoke(["finetune", tuned.config, "--results-dir", copied, "--no-progress", "--data-fraction", "0.5"]))
     assert f"1 fine-tuned, {len(done) - 1} done before" in again.stdout
-    assert records(copied, "tiny-finetuned")[victim].state == "complete"
+    assert store_records(copied, "tiny-finetuned")[victim].state == "complete"
     other = ok(invoke(["finetune", tuned.config, "--results-dir", copied, "--no-progress", "--epochs", "1"]))
     assert f"{len(done)} fine-tuned, 0 done before" in other.stdout
-    assert all(r.params["finetune_epochs"] == 1 for r in records(copied, "tiny-finetuned").values())
+    assert all(r.params["finetune_epochs"] == 1 for r in store_records(copied, "tiny-finetuned").values())
 
 
 def test_a_changed_model_file_fails_that_trial_only(tuned: Tuned, copied: Path) -> None:
-    parents = records(copied, "tiny")
-    chosen = sorted(records(copied, "tiny-finetuned"))
+    parents = store_records(copied, "tiny")
+    chosen = sorted(store_records(copied, "tiny-finetuned"))
     Path(parents[chosen[0]].artifacts["keras"].path).write_bytes(b"edited")
     result = invoke(["finetune", tuned.config, "--results-dir", copied, "--no-progress", "--epochs", "1"])
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"trial {chosen[0]}" in lines[0] and "sha256" in lines[0]
-    after = records(copied, "tiny-finetuned")
+    after = store_records(copied, "tiny-finetuned")
     assert after[chosen[0]].state == "failed"
     assert all(after[n].state == "complete" for n in chosen[1:])
     assert "Pareto front" in result.stdout  # the others are still reported
@@ -189,7 +188,7 @@ def test_explicit_trials_are_the_only_ones_tuned(tuned: Tuned, copied: Path) -> 
     result = ok(invoke(["finetune", tuned.config, "--results-dir", copied, "--no-progress", "--epochs", "1",
                         "--trial", "1"]))
     assert "1 fine-tuned, 0 done before" in result.stdout
-    assert records(copied, "tiny-finetuned")[1].params["finetune_epochs"] == 1
+    assert store_records(copied, "tiny-finetuned")[1].params["finetune_epochs"] == 1
 
 
 def test_unknown_trial_is_exit_2(tuned: Tuned) -> None:
