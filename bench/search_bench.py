@@ -229,7 +229,7 @@ def run_one(args: argparse.Namespace, key: RunKey, config, study: str, results_d
     segment = {
         "started": _dt.datetime.now().isoformat(timespec="seconds"), "trials_requested": args.trials,
         "finished_before": before, "finished_after": None, "init_s": None, "run_s": None,
-        "done": False, "loadavg_start": os.getloadavg()[0], "config": _config_dict(config),
+        "done": False, "loadavg_start": os.getloadavg()[0], "config": _config_dict(config), "code": args.code,
     }
     timing["segments"].append(segment)
     _write_json(timing_path, timing)  # a killed segment stays marked `done: false`
@@ -278,7 +278,7 @@ def finetune_one(args: argparse.Namespace, config, study: str, results_dir: Path
     else:
         timing["segments"].append({
             "wall_s": time.perf_counter() - t0, "done": len(summary.done), "reused": len(summary.reused),
-            "failed": summary.failed, "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+            "failed": summary.failed, "finished": _dt.datetime.now().isoformat(timespec="seconds"), "code": args.code,
         })
     _write_json(log_path, timing)
     return timing
@@ -330,6 +330,10 @@ def instrument_waits(search) -> tuple[dict, object]:
     loop.wait = timed_wait
     waits["instrumented"] = True
     return waits, undo
+
+
+def _codes(timing: dict) -> list[str]:
+    return list(dict.fromkeys(seg["code"] for seg in timing.get("segments", []) if seg.get("code")))
 
 
 def _config_dict(config) -> dict:
@@ -567,7 +571,8 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
     add(f"- Machine: nproc {machine['nproc']}, CPU {machine['cpu']}, memory {machine['memory']}, "
         f"Linux {machine['kernel']}, Python {machine['python']}")
     add("- Packages: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()))
-    add(f"- Code: commit {machine['commit']}")
+    add(f"- Code of this invocation: commit {machine['commit']} (each run's own, where recorded, is "
+        "listed with the run directories at the end)")
     add(f"- Load average (1 min) at start / end of this invocation: {load[0]:.2f} / {load[1]:.2f}; per search "
         "at the end of this file (the machine is shared; timings include any contention)")
     add(f"- Command: `{_command(args)}`; this invocation took {bench_wall_s:.0f} s of wall time "
@@ -799,7 +804,9 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
         shown = where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT) else where
         loads = ", ".join(f"{_f(a, '.2f')} → {_f(b, '.2f')}" for a, b in r.get("loads", []))
         add(f"- `{shown}`: first started {r.get('started') or 'unknown'}, {r['section3']['segments']} invocation(s); "
-            f"1-min load average at start → end of each: {loads or 'unknown'}")
+            f"1-min load average at start → end of each: {loads or 'unknown'}; code of the search: "
+            f"{', '.join(r['codes']['search']) or 'not recorded'}; of the fine-tune: "
+            f"{', '.join(r['codes']['finetune']) or 'not recorded'}")
     add("")
     write_section(args.output, "search-bench", "\n".join(lines))  # other benchmarks keep their sections
 
@@ -876,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     machine = machine_info(("tensorflow-cpu", "keras", "optuna", "ai-edge-litert", "qkeras"))
+    args.code = machine["commit"]
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     # Seeds outer: an interrupted benchmark has compared every sampler on its first seeds.
@@ -895,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
             except results.ResultsError as e:
                 log.warning("%s: no results (%s); left out of the report", study, e)
                 continue
-            section4 = None
+            section4, tuned_timing = None, {"segments": []}
             if args.finetune_epochs:
                 tuned_timing = (_read_json(results_dir / "bench_finetune.json", {"segments": []}) if args.report_only
                                 else finetune_one(args, config, study, results_dir))
@@ -917,6 +925,8 @@ def main(argv: list[str] | None = None) -> int:
                 "started": next((seg.get("started") for seg in timing.get("segments", [])), None),
                 "loads": [(seg.get("loadavg_start", math.nan), seg.get("loadavg_end", math.nan))
                           for seg in timing.get("segments", [])],
+                # the commit each invocation ran (recorded since the fine-tune section was added)
+                "codes": {"search": _codes(timing), "finetune": _codes(tuned_timing)},
             })
             # Rewrite after every search, so a long benchmark leaves a usable report at each step.
             write_report(args, runs, machine, started, time.perf_counter() - t0, (load_start, os.getloadavg()[0]))
