@@ -600,15 +600,26 @@ class RemoteDevice(Device):
         """``local`` at ``<workdir>/cache/<sha256[:16]>/<name>``, pushed only when missing or
         different there (verified by sha256 on the device once per link); returns (remote path, sha256).
 
+        ``timeout_s`` bounds the whole call (check, push and rename together), for a caller
+        with a budget such as the health check; without it each step gets its usual timeout.
         A push goes to a temporary name first and is renamed into place, so a crashed push never
         leaves a half file under the cached name.
         """
         if not local.is_file():
             raise DeviceError(f"device {self.name!r}: {local} does not exist on the host")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def budget(step: str, usual_s: float) -> float:
+            if deadline is None:
+                return usual_s
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandTimeout(self.name, f"cache {name}", f"the {timeout_s:g} s budget ran out before {step}")
+            return remaining
+
         digest = cached_sha256_file(local)
         cache = f"{self.spec.workdir}/{_CACHE_DIR}/{digest[:16]}"
         remote = f"{cache}/{name}"
-        command_s = timeout_s or self.timeouts.command_s
         # Verified once per link: hashing a many-MB binary on the device for every measurement
         # costs it CPU (measured in bench/fleet_bench.py); a reconnect checks it again.
         if self._transport is not None and self._transport.is_open \
@@ -617,7 +628,7 @@ class RemoteDevice(Device):
         check = self._call(lambda t: t.run(
             ["sh", "-c", 'mkdir -p "$2" && test -f "$1" && { test "$3" = 0 || test -x "$1"; } '
                          '&& sha256sum < "$1"', "sh", remote, cache, "1" if executable else "0"],
-            timeout_s=command_s))
+            timeout_s=budget("the check", self.timeouts.command_s)))
         found = _SHA256_RE.search(check.stdout)
         if check.ok and found is not None and found.group(1) == digest:
             self._verified_cache[remote] = self.link_opens
@@ -625,12 +636,13 @@ class RemoteDevice(Device):
         partial = f"{cache}/.{name}.{uuid.uuid4().hex[:8]}.part"
         try:
             size = local.stat().st_size
-            self._call(lambda t: t.push(local, partial, timeout_s=timeout_s or self.timeouts.push_s(size)))
+            self._call(lambda t: t.push(local, partial, timeout_s=budget("the push", self.timeouts.push_s(size))))
             mode = "755" if executable else "644"
             self._call(lambda t: t.run_checked(["sh", "-c", 'chmod "$1" "$2" && mv -f "$2" "$3"', "sh",
-                                                mode, partial, remote], timeout_s=command_s))
+                                                mode, partial, remote],
+                                               timeout_s=budget("the rename", self.timeouts.command_s)))
         except BaseException:
-            try:
+            try:  # best effort, with its own short timeout: a half file must not stay behind
                 self._call(lambda t: t.run(["rm", "-f", partial], timeout_s=self.timeouts.cleanup_s))
             except DeviceError as e:
                 _log.warning("device %r: could not remove %s: %s", self.name, partial, e)
@@ -660,7 +672,9 @@ class RemoteDevice(Device):
         problems: list[str] = []
         facts: dict[str, str] = {"transport": self.spec.transport}
         try:
-            self._call(lambda t: t.run("true", timeout_s=min(limits.timeout_s, self.timeouts.command_s)),
+            # the time left, not the whole budget: a retry after a lost link shares it
+            self._call(lambda t: t.run("true", timeout_s=max(0.05, min(deadline - time.monotonic(),
+                                                                       self.timeouts.command_s))),
                        retry_lost=True)
         except DeviceError as e:
             facts[REACHABLE_FACT] = "false"

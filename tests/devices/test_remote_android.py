@@ -222,6 +222,32 @@ def test_health_check_reports(adbd_peer: AdbdPeer, adb_server: AdbServer, binary
         assert report.problems[0].startswith(expected) and "\n" not in report.problems[0]
 
 
+def test_health_check_keeps_its_budget_when_every_step_is_slow(adbd_peer: AdbdPeer, adb_server: AdbServer,
+                                                               binary: Path) -> None:
+    """Regression: caching the binary gave its check, push and rename each the whole remaining
+    budget, so slow steps could take a multiple of ``timeout_s``. A slow ``mkdir`` (the check)
+    and ``chmod`` (the rename), shadowed first on the peer's PATH, now share one budget."""
+    budget_s, step_s = 4.0, 3.0
+    for tool in ("mkdir", "chmod"):
+        shadow = adbd_peer.root / "system/bin" / tool
+        shadow.write_text(f'#!/bin/sh\nsleep {step_s}\nexec /bin/{tool} "$@"\n')
+        shadow.chmod(0o755)
+    spec = phone_spec(adbd_peer, adb_server, binary, health=HealthLimits(timeout_s=budget_s))
+    start = time.monotonic()
+    try:
+        with AndroidDevice(spec, timeouts=TIMEOUTS) as device:
+            report = device.health_check()
+        elapsed = time.monotonic() - start
+    finally:
+        for tool in ("mkdir", "chmod"):
+            (adbd_peer.root / "system/bin" / tool).unlink()
+    assert not report.ok
+    assert report.problems[0].startswith("runtime:") and "benchmark_model" in report.problems[0]
+    # one budget, plus the connection and the half file's clean-up: not check + push + rename
+    assert elapsed < budget_s + step_s / 2, report.problems
+    assert not any(p.name.endswith(".part") for p in on_phone(adbd_peer, WORKDIR).rglob("*"))
+
+
 # --- flags ------------------------------------------------------------------------------------
 
 def test_benchmark_io_flags_escape_colons_and_refuse_commas() -> None:
