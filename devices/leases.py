@@ -62,6 +62,7 @@ __all__ = [
     "Lease",
     "LeaseStore",
     "LeaseStoreError",
+    "FLEET_SCHEMA_VERSION",
     "make_owner",
 ]
 
@@ -75,7 +76,13 @@ DEVICE_STATES: tuple[DeviceStatus, ...] = (
 """The :attr:`~devices.base.HealthReport.facts` key a device sets to ``"false"`` when it could
 not be reached at all; a failing check with it is recorded as *offline* rather than *unhealthy*."""
 
+#: Version of the fleet tables; bump it (and migrate in ``_check_version``) when they change.
+#: Kept in a table of their own: the results store's ``meta`` marks a file as a results store.
+FLEET_SCHEMA_VERSION = 1
+_VERSION_KEY = "schema_version"
+
 _SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS fleet_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS fleet_leases (
         device TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
@@ -235,6 +242,7 @@ class LeaseStore:
             with self._transaction("create the fleet tables") as c:
                 for statement in _SCHEMA:
                     c.execute(statement)
+                self._check_version(c)
         except (sqlite3.Error, LeaseStoreError) as e:
             self.close()
             if isinstance(e, LeaseStoreError):
@@ -243,6 +251,20 @@ class LeaseStore:
                 raise LeaseStoreError(f"{self.path}: not a SQLite database (bad header); "
                                       "point the lease store at the results database") from e
             raise LeaseStoreError(f"{self.path}: unusable lease database: {e}") from e
+
+    def _check_version(self, c: sqlite3.Cursor) -> None:
+        """Records the version in a new file; refuses a file written by newer fleet tables."""
+        row = c.execute("SELECT value FROM fleet_meta WHERE key = ?", (_VERSION_KEY,)).fetchone()
+        if row is None:
+            c.execute("INSERT INTO fleet_meta (key, value) VALUES (?, ?)", (_VERSION_KEY, str(FLEET_SCHEMA_VERSION)))
+            return
+        try:
+            version = int(row[0])
+        except ValueError:
+            raise LeaseStoreError(f"{self.path}: fleet schema version {row[0]!r} is not a number") from None
+        if version > FLEET_SCHEMA_VERSION:
+            raise LeaseStoreError(f"{self.path}: fleet schema version {version} is newer than this code's "
+                                  f"{FLEET_SCHEMA_VERSION}; update the harness")
 
     # --- leases -------------------------------------------------------------------------------
 

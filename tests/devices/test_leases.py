@@ -218,6 +218,25 @@ def test_lives_beside_the_results_store(db: Path) -> None:
         assert holder is not None and holder.owner == "host:1:a"
 
 
+def test_fleet_tables_are_versioned_and_a_newer_file_is_refused(db: Path) -> None:
+    import sqlite3
+
+    from devices.leases import FLEET_SCHEMA_VERSION
+
+    with LeaseStore(db):
+        pass
+    with sqlite3.connect(db) as conn:
+        (version,) = conn.execute("SELECT value FROM fleet_meta WHERE key = 'schema_version'").fetchone()
+        assert int(version) == FLEET_SCHEMA_VERSION
+        conn.execute("UPDATE fleet_meta SET value = ? WHERE key = 'schema_version'", (str(FLEET_SCHEMA_VERSION + 1),))
+    with pytest.raises(LeaseStoreError, match=rf"{db.name}: fleet schema version {FLEET_SCHEMA_VERSION + 1} is newer"):
+        LeaseStore(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE fleet_meta SET value = 'x' WHERE key = 'schema_version'")
+    with pytest.raises(LeaseStoreError, match="is not a number"):
+        LeaseStore(db)
+
+
 def test_errors_name_the_file_and_the_value(tmp_path: Path, db: Path) -> None:
     junk = tmp_path / "junk.sqlite"
     junk.write_text("not a database at all")
