@@ -96,6 +96,7 @@ class SshTransport(Transport):
         workdir: str,
         connect_timeout_s: float = 10.0,
         allow_unknown_hosts: bool = False,
+        keepalive_s: int = 15,
     ) -> None:
         super().__init__(name, workdir)
         if not host:
@@ -106,6 +107,8 @@ class SshTransport(Transport):
             raise ValueError("user must be non-empty")
         if not connect_timeout_s > 0:
             raise ValueError(f"connect_timeout_s must be > 0, got {connect_timeout_s}")
+        if keepalive_s < 0:
+            raise ValueError(f"keepalive_s must be >= 0 (0: none), got {keepalive_s}")
         self.host = host
         self.port = port
         self.user = user
@@ -113,6 +116,7 @@ class SshTransport(Transport):
         self.known_hosts = Path(known_hosts)
         self.connect_timeout_s = connect_timeout_s
         self.allow_unknown_hosts = allow_unknown_hosts
+        self.keepalive_s = keepalive_s
         self._client: paramiko.SSHClient | None = None
 
     def __repr__(self) -> str:
@@ -173,6 +177,11 @@ class SshTransport(Transport):
             raise TransportError(
                 self.name, subject, f"{type(e).__name__}: {e}", hint="is sshd running and reachable?"
             ) from e
+        # The link stays open between measurements while the host trains for minutes; a NAT
+        # or firewall on the way drops a silent TCP connection, so keep it talking.
+        transport = client.get_transport()
+        if transport is not None and self.keepalive_s:
+            transport.set_keepalive(self.keepalive_s)
 
     def _close(self) -> None:
         client, self._client = self._client, None

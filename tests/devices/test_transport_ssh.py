@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -217,3 +218,19 @@ def test_a_silent_child_holding_the_channel_ends_the_wait_after_the_grace(transp
     result = transport.run("(sleep 30) & echo started", timeout_s=20)
     assert result.ok and result.stdout == "started\n"
     assert time.monotonic() - started < 10  # the grace (1 s) and not the child's 30 s or the deadline
+
+
+def test_an_idle_link_sends_keepalives(sshd_peer: SshdPeer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Between measurements the link idles for minutes while the host trains; a keepalive keeps
+    NATs and firewalls from dropping it (paramiko logs each one it sends)."""
+    caplog.set_level(logging.DEBUG, logger="paramiko.transport")
+    with make_transport(sshd_peer, tmp_path / "w", keepalive_s=1) as transport:
+        assert transport.run("true", timeout_s=10).ok
+        time.sleep(3.0)
+        assert transport.run("echo still here", timeout_s=10).stdout == "still here\n"
+    assert any("keepalive@" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with make_transport(sshd_peer, tmp_path / "w", keepalive_s=0) as transport:
+        assert transport.run("true", timeout_s=10).ok
+        time.sleep(2.0)
+    assert not any("keepalive@" in r.getMessage() for r in caplog.records)
