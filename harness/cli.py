@@ -187,6 +187,8 @@ def measure(model_path: Path, device_name: str, inventory, results_dir: Path, th
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--trial", "trials", multiple=True, type=click.IntRange(min=0),
               help="A trial to fine-tune (repeatable; default: the Pareto front and the reference and int8 seeds).")
+@click.option("--accuracy-margin", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Also the trials at most this many accuracy points behind the front (1 = 0.01).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Replaces [finetune] epochs.")
 @click.option("--data-fraction", type=click.FloatRange(0, 1, min_open=True), help="Replaces [finetune] data_fraction.")
 @click.option("--device", "devices", multiple=True,
@@ -195,7 +197,8 @@ def measure(model_path: Path, device_name: str, inventory, results_dir: Path, th
               help="Device inventory TOML (repeatable; default: devices/*.toml here).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def finetune(
-    config_path: Path | None, study, results_dir, trials, epochs, data_fraction, devices, inventory, no_progress
+    config_path: Path | None, study, results_dir, trials, accuracy_margin, epochs, data_fraction, devices,
+    inventory, no_progress,
 ) -> None:
     """Train a search's chosen candidates on the real task ([finetune]) and measure them again.
 
@@ -215,7 +218,10 @@ def finetune(
     from harness.finetune import FinetuneRun, raise_for_failures
     from harness.report import build_report
 
-    summary = FinetuneRun(config, trials=trials, progress=not no_progress).run()
+    if trials and accuracy_margin:
+        raise InputError("--accuracy-margin chooses trials from the front; it cannot be combined with --trial")
+    summary = FinetuneRun(config, trials=trials, accuracy_margin=accuracy_margin / 100,
+                          progress=not no_progress).run()
     click.echo(f"study {summary.study}: {len(summary.done)} fine-tuned, {len(summary.reused)} done before, "
                f"{len(summary.failed)} failed ({config.finetune.epochs} epoch(s) on "
                f"{config.finetune.data_fraction * 100:g} % of the training split)")

@@ -52,15 +52,21 @@ def finetuned_study(study: str) -> str:
     return f"{study}{FINETUNED_SUFFIX}"
 
 
-def select_trials(records: Sequence[TrialRecord], objectives: dict[str, str]) -> list[int]:
+def select_trials(
+    records: Sequence[TrialRecord], objectives: dict[str, str], accuracy_margin: float = 0.0
+) -> list[int]:
     """The complete, constraint-feasible trials on the front of ``objectives``, and the seeded
-    baselines, by trial number (a candidate proposed twice is kept once, its first trial)."""
+    baselines, by trial number (a candidate proposed twice is kept once, its first trial).
+
+    ``accuracy_margin`` (a fraction) also keeps the trials at most that far behind the front in
+    accuracy: the proxy's ranking is noisy, and fine-tuning reorders near neighbours."""
     complete = [r for r in records if r.state == "complete" and "keras" in r.artifacts]
     if not complete:
         return []
     frame = to_frame(complete)
     feasible = frame[~frame["flags"].fillna("").str.contains("constraint:")]
-    chosen = set(pareto_front(feasible, objectives)["trial_number"].astype(int))
+    slack = {"accuracy": accuracy_margin} if accuracy_margin else None
+    chosen = set(pareto_front(feasible, objectives, slack)["trial_number"].astype(int))
     chosen |= {r.trial_number for r in complete if r.label in BASELINE_LABELS}
     first_of_key: dict[str, int] = {}
     for record in sorted(complete, key=lambda r: r.trial_number):
@@ -79,7 +85,10 @@ class FinetuneSummary:
 class FinetuneRun:
     """Fine-tunes trials of ``config.study`` into ``<study>-finetuned``. Use :meth:`run` once."""
 
-    def __init__(self, config: SearchConfig, *, trials: Sequence[int] = (), progress: bool = True) -> None:
+    def __init__(
+        self, config: SearchConfig, *, trials: Sequence[int] = (), accuracy_margin: float = 0.0,
+        progress: bool = True,
+    ) -> None:
         self.config = config
         self.results_dir = Path(config.results_dir)
         self.store_path = self.results_dir / "harness.sqlite"
@@ -89,15 +98,19 @@ class FinetuneRun:
             self.parents = {r.trial_number: r for r in store.records(config.study)}
         if not self.parents:
             raise InputError(f"study {config.study!r} has no trials in {self.store_path}")
-        self.trials = self._chosen(trials)
+        self.trials = self._chosen(trials, accuracy_margin)
         self.study = finetuned_study(config.study)
         self.progress = progress
         # the search's own reference, data split, space, evaluator and devices
         self.search = SearchRun(config, progress=progress)
 
-    def _chosen(self, trials: Sequence[int]) -> list[int]:
+    def _chosen(self, trials: Sequence[int], accuracy_margin: float) -> list[int]:
         if not trials:
-            chosen = select_trials(list(self.parents.values()), study_objectives(self.results_dir, self.config.study))
+            objectives = study_objectives(self.results_dir, self.config.study)
+            if accuracy_margin and "accuracy" not in objectives:
+                raise InputError(f"--accuracy-margin: study {self.config.study!r} does not optimise accuracy "
+                                 f"(objectives: {', '.join(objectives)})")
+            chosen = select_trials(list(self.parents.values()), objectives, accuracy_margin)
             if not chosen:
                 raise InputError(f"study {self.config.study!r} has no complete trial to fine-tune")
             return chosen
@@ -111,7 +124,9 @@ class FinetuneRun:
 
     def settings_params(self) -> dict[str, object]:
         """The fine-tune settings as record parameters: a record made with others is redone."""
-        return {f"finetune_{k}": v for k, v in asdict(self.config.finetune).items()}
+        params: dict[str, object] = {f"finetune_{k}": v for k, v in asdict(self.config.finetune).items()}
+        params["finetune_devices"] = list(self.config.measure.devices)  # measured elsewhere: redo
+        return params
 
     def run(self) -> FinetuneSummary:
         search, params = self.search, self.settings_params()

@@ -17,7 +17,7 @@ import pandas as pd
 
 from results.records import ResultsError
 
-__all__ = ["Direction", "hypervolume", "pareto_front", "pareto_mask"]
+__all__ = ["Direction", "hypervolume", "near_pareto_mask", "pareto_front", "pareto_mask"]
 
 Direction = Literal["minimize", "maximize"]
 _DIRECTIONS = ("minimize", "maximize")
@@ -56,7 +56,32 @@ def pareto_mask(values: np.ndarray, directions: Sequence[Direction]) -> np.ndarr
     return mask
 
 
-def pareto_front(frame: pd.DataFrame, objectives: Mapping[str, Direction]) -> pd.DataFrame:
+def near_pareto_mask(values: np.ndarray, directions: Sequence[Direction], slack: Sequence[float]) -> np.ndarray:
+    """Which rows no other row beats by more than ``slack`` (additive epsilon-dominance).
+
+    A row is dropped only when another is at least ``slack`` better in every objective and
+    more than that in one; with zero slack this is :func:`pareto_mask`. It keeps the
+    candidates just behind the front, whose order a noisy or short evaluation may have got
+    wrong. NaN rows are never kept and never dominate.
+    """
+    losses = _as_losses(values, directions, "values")
+    margin = np.asarray(slack, dtype=float)
+    if margin.shape != (losses.shape[1],) or (margin < 0).any():
+        raise ResultsError(f"slack needs one value >= 0 per objective, got {list(slack)}")
+    valid = ~np.isnan(losses).any(axis=1)
+    candidates = losses[valid]
+    kept = np.array([
+        not ((candidates <= point - margin).all(axis=1) & (candidates < point - margin).any(axis=1)).any()
+        for point in candidates
+    ], dtype=bool)
+    mask = np.zeros(len(losses), dtype=bool)
+    mask[np.flatnonzero(valid)[kept]] = True
+    return mask
+
+
+def pareto_front(
+    frame: pd.DataFrame, objectives: Mapping[str, Direction], slack: Mapping[str, float] | None = None
+) -> pd.DataFrame:
     """The complete trials of ``frame`` on the Pareto front of ``objectives``.
 
     Trials whose state is not ``complete`` or that lack a value of any objective are left out.
@@ -65,6 +90,8 @@ def pareto_front(frame: pd.DataFrame, objectives: Mapping[str, Direction]) -> pd
         frame: A table from :func:`results.to_frame` or :func:`results.load`.
         objectives: Column name to direction, e.g. ``{"energy_mj": "minimize",
             "accuracy": "maximize"}``.
+        slack: Per objective column, how far behind the front a trial may be and still count
+            (:func:`near_pareto_mask`); missing columns get none.
 
     Returns:
         The front's rows, sorted by the first objective (ascending) then the others, with a
@@ -83,7 +110,15 @@ def pareto_front(frame: pd.DataFrame, objectives: Mapping[str, Direction]) -> pd
     names = list(objectives)
     complete = frame[frame["state"] == "complete"]
     values = complete[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    front = complete[pareto_mask(values, list(objectives.values()))]
+    directions = list(objectives.values())
+    if slack:
+        unknown = set(slack) - set(objectives)
+        if unknown:
+            raise ResultsError(f"slack for {sorted(unknown)}, which are not objectives ({', '.join(names)})")
+        mask = near_pareto_mask(values, directions, [slack.get(name, 0.0) for name in names])
+    else:
+        mask = pareto_mask(values, directions)
+    front = complete[mask]
     return front.sort_values(names, kind="stable").reset_index(drop=True)
 
 

@@ -78,7 +78,7 @@ def test_the_front_and_both_seeds_are_fine_tuned_under_their_own_trial_numbers(t
         assert (child.label, child.candidate_key, child.layers) == (parent.label, parent.candidate_key, parent.layers)
         assert f"finetuned_from:tiny#{number}" in child.flags
         assert child.params["finetune_epochs"] == 2 and child.params["finetune_data_fraction"] == 0.5
-        assert child.params["finetune_lr_schedule"] == "cosine"
+        assert child.params["finetune_lr_schedule"] == "cosine" and child.params["finetune_devices"] == ["local"]
     assert f"study tiny-finetuned: {len(expected)} fine-tuned, 0 done before, 0 failed" in result.stdout
     assert "2 epoch(s) on 50 % of the training split" in result.stdout
 
@@ -191,6 +191,19 @@ def test_explicit_trials_are_the_only_ones_tuned(tuned: Tuned, copied: Path) -> 
     assert store_records(copied, "tiny-finetuned")[1].params["finetune_epochs"] == 1
 
 
+def test_an_accuracy_margin_adds_the_trials_just_behind_the_front(tuned: Tuned, copied: Path) -> None:
+    parents = store_records(copied, "tiny")
+    front = select_trials(list(parents.values()), OBJECTIVES)
+    everything = select_trials(list(parents.values()), OBJECTIVES, accuracy_margin=1.0)
+    assert set(front) <= set(everything)
+    result = ok(invoke(["finetune", tuned.config, "--results-dir", copied, "--no-progress", "--epochs", "1",
+                        "--accuracy-margin", "100"]))
+    assert f"{len(everything)} fine-tuned, 0 done before" in result.stdout
+    assert sorted(store_records(copied, "tiny-finetuned")) == everything
+    assert_input_error(invoke(["finetune", tuned.config, "--results-dir", copied, "--trial", "1",
+                               "--accuracy-margin", "1"]), "--accuracy-margin", "--trial")
+
+
 def test_unknown_trial_is_exit_2(tuned: Tuned) -> None:
     ok(tuned.result)
     assert_input_error(
@@ -228,3 +241,10 @@ def test_selection_keeps_one_trial_per_candidate_and_skips_unfinished() -> None:
         record(5, "c", 0.95, 0.5, state="failed"),
     ], OBJECTIVES)
     assert chosen == [0, 1, 2]
+    near = select_trials([
+        record(1, "int8", 0.91, 2.0, "int8"),
+        record(2, "a", 0.89, 1.0),
+        record(4, "b", 0.885, 1.5),  # half a point behind trial 2 at a higher energy
+        record(6, "d", 0.85, 1.2),  # four points behind
+    ], OBJECTIVES, accuracy_margin=0.01)
+    assert near == [1, 2, 4]

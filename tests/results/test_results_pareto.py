@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from results import ResultsError, hypervolume, pareto_front, pareto_mask, to_frame
+from results.pareto import near_pareto_mask
 from tests.results._results_factories import make_record
 
 NAN = float("nan")
@@ -165,3 +166,32 @@ def test_front_and_hypervolume_from_frame() -> None:
     value = hypervolume(front[list(objectives)].to_numpy(), [10, 0.5], list(objectives.values()))  # type: ignore[arg-type]
     assert value == pytest.approx(3.45)
     assert isinstance(front, pd.DataFrame)
+
+
+def test_near_front_with_zero_slack_is_the_front() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.random((60, 3))
+    values[5] = values[9]  # a duplicate pair
+    values[7, 1] = np.nan
+    directions = ["maximize", "minimize", "minimize"]
+    np.testing.assert_array_equal(near_pareto_mask(values, directions, [0, 0, 0]), pareto_mask(values, directions))
+
+
+def test_near_front_keeps_trials_within_the_slack_only() -> None:
+    # accuracy (max), energy (min): 0 and 1 are the front; 2 is 0.5 points behind 1, 3 is 3 points behind
+    values = np.array([[0.90, 1.0], [0.95, 2.0], [0.945, 2.0], [0.92, 2.5]])
+    directions = ["maximize", "minimize"]
+    assert list(pareto_mask(values, directions)) == [True, True, False, False]
+    assert list(near_pareto_mask(values, directions, [0.01, 0.0])) == [True, True, True, False]
+    assert list(near_pareto_mask(values, directions, [0.05, 0.0])) == [True, True, True, True]
+    with pytest.raises(ResultsError, match="slack"):
+        near_pareto_mask(values, directions, [0.01])
+
+
+def test_pareto_front_slack_names_objectives() -> None:
+    frame = pd.DataFrame({"state": ["complete"] * 3, "accuracy": [0.9, 0.95, 0.945], "energy_mj": [1.0, 2.0, 2.0]})
+    objectives = {"accuracy": "maximize", "energy_mj": "minimize"}
+    assert len(pareto_front(frame, objectives)) == 2
+    assert len(pareto_front(frame, objectives, slack={"accuracy": 0.01})) == 3
+    with pytest.raises(ResultsError, match="latency_ms"):
+        pareto_front(frame, objectives, slack={"latency_ms": 1.0})
