@@ -108,6 +108,7 @@ class SshConnection:
     python: str = "python3"
     allow_unknown_hosts: bool = False
     connect_timeout_s: float = 10.0
+    keepalive_s: int = 15  # seconds between keepalives on an idle link; 0: none
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ def parse_inventory(text: str, source: Path | str = "<inventory>") -> Inventory:
 
 _COMMON_KEYS = {"transport", "runner", "tags", "class", "threads", "workdir", "thermal_zones", "meter",
                 "min_free_mb", "max_temp_c", "health_timeout_s", "connect_timeout_s"}
-_SSH_KEYS = {"host", "port", "user", "key_file", "known_hosts", "python", "allow_unknown_hosts"}
+_SSH_KEYS = {"host", "port", "user", "key_file", "known_hosts", "python", "allow_unknown_hosts", "keepalive_s"}
 _ADB_KEYS = {"serial", "benchmark_binary", "taskset", "adb_server", "use_xnnpack", "delegate"}
 
 
@@ -306,7 +307,7 @@ class _Entry:
                 user=self.string("user"), key_file=self.host_path("key_file"),
                 known_hosts=self.host_path("known_hosts"), python=self.string("python", "python3"),
                 allow_unknown_hosts=self.boolean("allow_unknown_hosts", False),
-                connect_timeout_s=connect_timeout)
+                connect_timeout_s=connect_timeout, keepalive_s=self.integer("keepalive_s", 15, 0, 3600))
             workdir = self.remote_dir("workdir", "/tmp/energy-harness")
         else:
             serial = self.string("serial")

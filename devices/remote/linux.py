@@ -63,7 +63,7 @@ class LinuxBoardDevice(RemoteDevice):
         return SshTransport(self.name, host=ssh.host, port=ssh.port, user=ssh.user,
                             key_file=ssh.key_file, known_hosts=ssh.known_hosts,
                             workdir=self.spec.workdir, connect_timeout_s=ssh.connect_timeout_s,
-                            allow_unknown_hosts=ssh.allow_unknown_hosts)
+                            allow_unknown_hosts=ssh.allow_unknown_hosts, keepalive_s=ssh.keepalive_s)
 
     def _stage(self, run_dir: str, reference: HostReference | None) -> Staged:
         runner, digest = self._ensure_cached(RUNNER_SCRIPT, "litert_runner.py", executable=False)

@@ -35,6 +35,7 @@ meter = { kind = "pi5-pmic", path = "/usr/bin/vcgencmd" }
 transport = "ssh"
 host = "10.0.0.22"
 port = 2222
+keepalive_s = 0
 tags = ["pi5"]
 
 [devices.pixel7]
@@ -64,6 +65,7 @@ def test_a_full_inventory_reads_every_key(tmp_path: Path) -> None:
     assert pi.thermal_zones == ("/sys/class/thermal/thermal_zone0/temp",)
     assert pi.meter is not None and (pi.meter.kind, pi.meter.path) == ("pi5-pmic", "/usr/bin/vcgencmd")
     assert inventory["pi5-b"].ssh.port == 2222 and inventory["pi5-b"].workdir == "/tmp/energy-harness"
+    assert pi.ssh.keepalive_s == 15 and inventory["pi5-b"].ssh.keepalive_s == 0  # default, and off
 
     phone = inventory["pixel7"]
     assert phone.runner == "benchmark_model" and phone.device_class == "tensor-g2"
@@ -114,6 +116,7 @@ ADB_OK = 'transport = "adb"\nserial = "s"\nbenchmark_binary = "b"\n'
     (SSH_OK + 'serial = "x"', "serial", "unknown key for transport 'ssh'"),
     (SSH_OK + 'runner = "benchmark_model"', "runner", "not one of litert"),
     (SSH_OK + "allow_unknown_hosts = 1", "allow_unknown_hosts", "true or false"),
+    (SSH_OK + "keepalive_s = 2.5", "keepalive_s", "whole number in 0..3600"),
     (SSH_OK + 'thermal_zones = ["temp"]', "thermal_zones", "absolute paths"),
     (SSH_OK + 'meter = { kind = "multimeter" }', "meter", "kind 'multimeter' is not one of"),
     (SSH_OK + 'meter = { kind = "rapl", path = "" }', "meter", "path must be a non-empty string"),
