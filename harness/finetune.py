@@ -28,12 +28,12 @@ from devices.fleet import FleetResult
 from harness.config import SearchConfig
 from harness.errors import HarnessError, InputError
 from harness.fleet_setup import open_fleet
-from harness.objectives import apply_fleet_result, estimate_metrics, host_metrics
+from harness.objectives import apply_fleet_result, apply_host_outcome, estimate_metrics
 from harness.report import study_objectives
 from harness.search_loop import SearchRun
 from results.export import to_frame
 from results.pareto import pareto_front
-from results.records import Artifact, Metric, TrialRecord
+from results.records import Metric, TrialRecord
 from results.store import ResultsStore
 from search.candidate import CandidateSpec
 from search.estimates import estimate
@@ -186,17 +186,11 @@ class FinetuneRun:
         cost = estimate(model, spec, input_scheme=evaluator.input_scheme)
         trial_dir = self.results_dir / self.study / "trials" / f"{record.trial_number:05d}"
         outcome = evaluator.train_and_lower(spec, model, cost, trial_dir, training=self.config.finetune)
-        record.timings_s.update(outcome.timings_s)
         record.metrics.update(estimate_metrics(cost))
-        record.metrics.update(host_metrics(outcome, self.config))
+        apply_host_outcome(record, outcome, self.config)
         proxy = parent.metrics.get("accuracy")
         if proxy is not None:
             record.metrics["proxy_accuracy"] = Metric(proxy.value, proxy.unit, proxy.source)
-        record.flags.extend(outcome.flags)
-        for name, path in (("tflite", outcome.tflite_path), ("keras", outcome.keras_path)):
-            if path is not None:
-                record.artifacts[name] = Artifact(str(path), sha256_file(path))
-        record.params["lowering_mode"] = outcome.lowering_mode
         return cost, outcome.tflite_path
 
     def _settle(self, store, pending, done: list[int], failed: dict[int, str], bar, *, block: bool) -> None:

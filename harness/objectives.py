@@ -7,11 +7,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from devices.base import Measurement
+from devices.files import sha256_file
 from devices.fleet import FleetResult
 from harness.config import SearchConfig
 from harness.evaluate import PJ_PER_MJ, HostOutcome
 from results.calibration import macs_by_precision
-from results.records import Metric, TrialRecord
+from results.records import Artifact, Metric, TrialRecord
 from search.estimates import Estimate
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "host_metrics",
     "measurement_metrics",
     "apply_fleet_result",
+    "apply_host_outcome",
     "objective_values",
     "OBJECTIVE_METRIC",
 ]
@@ -96,6 +98,18 @@ def measurement_metrics(
     else:
         metrics["energy_mj"] = estimated_energy_metric(cost)
     return metrics
+
+
+def apply_host_outcome(record: TrialRecord, outcome: HostOutcome, config: SearchConfig) -> None:
+    """Puts what the host learnt into ``record``: stage times, accuracies and size, flags, the
+    artifacts with their sha256, and the lowering mode."""
+    record.timings_s.update(outcome.timings_s)
+    record.metrics.update(host_metrics(outcome, config))
+    record.flags.extend(outcome.flags)
+    for name, path in (("tflite", outcome.tflite_path), ("keras", outcome.keras_path)):
+        if path is not None:
+            record.artifacts[name] = Artifact(str(path), sha256_file(path))
+    record.params["lowering_mode"] = outcome.lowering_mode
 
 
 def apply_fleet_result(record: TrialRecord, result: FleetResult, cost: Estimate, aggregate: str) -> str | None:

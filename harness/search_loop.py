@@ -30,7 +30,6 @@ import optuna
 from tqdm import tqdm
 
 from devices.base import Device, MeasureSettings
-from devices.files import sha256_file
 from devices.fleet import FleetResult
 from harness.config import SearchConfig
 from harness.data import Dataset, check_fits, load_dataset
@@ -40,9 +39,9 @@ from harness.fleet_setup import inventory_from, open_devices, open_fleet
 from harness.host_gate import HostCpuGate
 from harness.objectives import (
     apply_fleet_result,
+    apply_host_outcome,
     estimate_metrics,
     estimated_energy_metric,
-    host_metrics,
     measurement_metrics,
     objective_values,
 )
@@ -55,7 +54,7 @@ from results.calibration import (
     front_points,
     prescreen,
 )
-from results.records import Artifact, Metric, TrialRecord
+from results.records import Metric, TrialRecord
 from results.store import ResultsStore
 from search.candidate import CandidateSpec
 from search.graph import GraphError
@@ -335,13 +334,7 @@ class SearchRun:
             return self._settle_unmeasured(study, store, trial, record, "pruned", "pruned during training", bar)
         except Exception as e:  # noqa: BLE001 - a candidate that cannot be trained is a failed trial, not a crash
             return self._fail(study, store, trial, record, f"train/convert failed: {e}")
-        record.timings_s.update(outcome.timings_s)
-        record.metrics.update(host_metrics(outcome, self.config))
-        record.flags.extend(outcome.flags)
-        for name, path in (("tflite", outcome.tflite_path), ("keras", outcome.keras_path)):
-            if path is not None:
-                record.artifacts[name] = Artifact(str(path), sha256_file(path))
-        record.params["lowering_mode"] = outcome.lowering_mode
+        apply_host_outcome(record, outcome, self.config)
         store.put(record)
         minimum = self.config.constraints.min_accuracy
         accuracy = record.metric_value("accuracy")
