@@ -44,13 +44,16 @@ __all__ = [
     "qkeras_custom_objects",
 ]
 
+#: Lowest integer bits of ``fixed(M,I)``: a range of 2^-16 is far below any useful tensor.
+MIN_INTEGER_BITS = -16
+
 SchemeKind = Literal["binary", "binary01", "ternary", "po2", "fixed", "float"]
 
 _SCHEME_GRAMMAR = "binary, binary01, ternary, po2(E), fixed(M), fixed(M,I), float16 or float32"
 _PATTERN = re.compile(
     r"^\s*(?:(?P<simple>binary01|binary|ternary|float16|float32)"
     r"|po2\(\s*(?P<po2>\d+)\s*\)"
-    r"|fixed\(\s*(?P<m>\d+)\s*(?:,\s*(?P<i>\d+)\s*)?\))\s*$"
+    r"|fixed\(\s*(?P<m>\d+)\s*(?:,\s*(?P<i>-?\d+)\s*)?\))\s*$"
 )
 
 
@@ -67,7 +70,9 @@ class Scheme:
         bits: Bits per value (1 for binary, 2 for ternary, E for po2, M for fixed, 16/32 float).
         integer_bits: For ``fixed`` only: bits left of the binary point, or ``None`` to use the
             role's default (0 for weights, which carry a power-of-two scale, M // 2 for
-            activations, which do not).
+            activations, which do not, unless the search calibrates them: see
+            :mod:`search.activation_ranges`). Negative for values below 1/2: the grid's top is
+            2^I and its step 2^(I-M), or 2^(I-M+1) with a sign bit.
     """
 
     kind: SchemeKind
@@ -86,9 +91,9 @@ class Scheme:
             raise UnknownQuantizerError(f"fixed({self.bits}): M must be between 2 and 32 bits")
         if self.kind == "po2" and not 2 <= self.bits <= 8:
             raise UnknownQuantizerError(f"po2({self.bits}): E must be between 2 and 8 bits")
-        if self.integer_bits is not None and not 0 <= self.integer_bits < self.bits:
+        if self.integer_bits is not None and not MIN_INTEGER_BITS <= self.integer_bits < self.bits:
             raise UnknownQuantizerError(
-                f"fixed({self.bits},{self.integer_bits}): I must be between 0 and M-1"
+                f"fixed({self.bits},{self.integer_bits}): I must be between {MIN_INTEGER_BITS} and M-1"
             )
         if self.kind == "float" and self.bits not in (16, 32):
             raise UnknownQuantizerError(f"float{self.bits}: only float16 and float32 exist")
@@ -191,7 +196,9 @@ class Scheme:
             return quantized_relu_po2(self.bits) if after_relu else quantized_po2(self.bits)
         if self.kind == "fixed":
             if after_relu:
-                return quantized_relu(self.bits, integer)
+                # quantized_relu computes 2**integer in integer arithmetic, which refuses a
+                # negative exponent; a float exponent gives the same grid.
+                return quantized_relu(self.bits, integer if integer >= 0 else float(integer))
             return quantized_bits(self.bits, integer, alpha=1)
         return None
 

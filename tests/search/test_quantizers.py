@@ -69,7 +69,9 @@ def test_unknown_quantizer_error_is_a_value_error() -> None:
     assert issubclass(UnknownQuantizerError, ValueError)
 
 
-@pytest.mark.parametrize("text", ["fixed(2)", "fixed(32)", "fixed(4,3)", "fixed(4,0)", "po2(2)", "po2(8)"])
+@pytest.mark.parametrize(
+    "text", ["fixed(2)", "fixed(32)", "fixed(4,3)", "fixed(4,0)", "fixed(4,-1)", "fixed(2,-16)", "po2(2)", "po2(8)"]
+)
 def test_bit_range_limits_are_accepted(text: str) -> None:
     assert parse_scheme(text).name == text
 
@@ -82,8 +84,9 @@ def test_bit_range_limits_are_accepted(text: str) -> None:
         ("fixed(33)", "M must be between 2 and 32"),
         ("po2(1)", "E must be between 2 and 8"),
         ("po2(9)", "E must be between 2 and 8"),
-        ("fixed(4,4)", "I must be between 0 and M-1"),
-        ("fixed(4,9)", "I must be between 0 and M-1"),
+        ("fixed(4,4)", "I must be between -16 and M-1"),
+        ("fixed(4,9)", "I must be between -16 and M-1"),
+        ("fixed(4,-17)", "I must be between -16 and M-1"),
     ],
 )
 def test_bit_range_validation(text: str, fragment: str) -> None:
@@ -247,6 +250,20 @@ def test_fixed_activation_has_at_most_2_pow_m_levels(bits: int, after_relu: bool
     levels = len(np.unique(values))
     assert 2 < levels <= 2**bits
     assert bool(values.min() < 0) == (not after_relu)
+
+
+@pytest.mark.parametrize("integer", [2, 0, -1, -3])
+@pytest.mark.parametrize("after_relu", [True, False])
+def test_fixed_activation_grid_tops_at_2_pow_i_with_step_2_pow_i_minus_m(integer: int, after_relu: bool) -> None:
+    """fixed(M,I): a ReLU output spans [0, 2^I) in steps 2^(I-M); a signed one spends a bit on
+    the sign. Negative I (ranges below 1/2, as calibration picks) included."""
+    bits = 4
+    quantizer = Scheme("fixed", bits, integer).activation_quantizer(after_relu)
+    values = np.unique(np.asarray(quantizer(tf.constant(np.linspace(-40, 40, 80001).astype("float32")))))
+    step = 2.0 ** (integer - bits + (0 if after_relu else 1))
+    assert values.max() == pytest.approx(2.0**integer - step)
+    assert np.diff(values) == pytest.approx(np.full(len(values) - 1, step))
+    assert values.min() == pytest.approx(0.0 if after_relu else -(2.0**integer))
 
 
 def test_qkeras_custom_objects_names_the_layers_and_quantizers_the_builder_uses() -> None:
