@@ -386,6 +386,7 @@ def _space_options(search: _Section) -> SpaceOptions:
             size_mode=search.get("size_mode", str, "per-layer"),  # type: ignore[arg-type]
             rules=tuple(rules),
             strict_layers=search.get("strict_layers", bool, False),  # type: ignore[arg-type]
+            activation_range=search.get("activation_range", str, "calibrated"),  # type: ignore[arg-type]
         )
     except SpaceError as e:
         raise InputError(f"[search]: {e}") from e

@@ -56,6 +56,8 @@ from results.calibration import (
 )
 from results.records import Metric, TrialRecord
 from results.store import ResultsStore
+from search.activation_ranges import ActivationRanges
+from search.activation_ranges import calibrate as calibrate_activation_ranges
 from search.candidate import CandidateSpec
 from search.graph import GraphError
 from search.samplers import make_pruner, make_sampler
@@ -95,7 +97,18 @@ def open_study(config: SearchConfig, results_dir: Path) -> optuna.Study:
             f"study {config.study!r} exists with objectives {saved}, not {objectives}; "
             "pick another --study name"
         )
+    # Studies from before activation ranges were calibrated have run trials but no setting: "half".
+    ran = any(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    saved_range = study.user_attrs.get("activation_range", "half" if ran else None)
+    wanted_range = config.space.activation_range
+    if saved_range is not None and saved_range != wanted_range:
+        raise InputError(
+            f"study {config.study!r} was searched with activation_range {saved_range!r}, not "
+            f"{wanted_range!r}; set [search] activation_range = {saved_range!r} to resume it, "
+            "or pick another --study name"
+        )
     study.set_user_attr("objectives", objectives)
+    study.set_user_attr("activation_range", wanted_range)
     study.set_user_attr("directions", list(config.directions))
     return study
 
@@ -147,6 +160,11 @@ class SearchRun:
             devices = open_devices(config.measure.devices, inventory, self.gate, config.energy)
         self.devices: list[Device] = devices
         self.evaluator = CandidateEvaluator(self.reference, self.space, self.dataset, config, self.gate)
+        self.activation_ranges = (
+            calibrate_activation_ranges(self.reference, self.space, self.evaluator.calibration_x)
+            if config.space.activation_range == "calibrated"
+            else ActivationRanges()
+        )
         self.settings = MeasureSettings(
             threads=config.measure.threads, warmup_runs=config.measure.warmup_runs,
             min_seconds=config.measure.min_seconds, min_runs=config.measure.min_runs,
@@ -161,6 +179,7 @@ class SearchRun:
     def run(self) -> SearchSummary:
         self.study_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(self.config, self.results_dir)
+        study.set_user_attr("activation_ranges", self.activation_ranges.to_dict())
         with ResultsStore(self.results_dir / "harness.sqlite") as store:
             self._recover(study, store)
             self._seed(study)
@@ -290,7 +309,7 @@ class SearchRun:
             trial = study.ask()
             trial.set_user_attr("owner", self.owner)
         label = str(trial.user_attrs.get("label", ""))
-        spec = self.space.suggest(trial)
+        spec = self.activation_ranges.resolve(self.space.suggest(trial))
         spec = CandidateSpec(spec.layers, label)
         record = TrialRecord(
             study=self.config.study, trial_number=trial.number, candidate_key=spec.key,
@@ -494,7 +513,7 @@ class SearchRun:
 
     def _score_baseline(self) -> float:
         """The int8 reference's cost, the denominator of the forgiving factor."""
-        spec = self.space.int8_spec()
+        spec = self.activation_ranges.resolve(self.space.int8_spec())
         model, cost, _ = self.evaluator.build(spec)
         metrics = {**estimate_metrics(cost), "energy_mj": estimated_energy_metric(cost)}
         needs_device = self.config.score_cost == "latency" or (

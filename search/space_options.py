@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ACTIVATION_RANGES",
     "SpaceError",
     "LayerRule",
     "SpaceOptions",
@@ -62,6 +63,10 @@ class LayerRule:
             raise SpaceError(f"layer rule match {self.match!r} is not a valid regex: {e}") from e
 
 
+#: How ``fixed(M)`` activations without integer bits get their range.
+ACTIVATION_RANGES = ("calibrated", "half")
+
+
 @dataclass(frozen=True)
 class SpaceOptions:
     kernel: tuple[str, ...] = DEFAULT_KERNEL
@@ -71,10 +76,17 @@ class SpaceOptions:
     size_mode: Literal["per-layer", "model"] = "per-layer"
     rules: tuple[LayerRule, ...] = ()
     strict_layers: bool = False  # refuse, rather than skip, layers the search cannot handle
+    # "calibrated": a fixed(M) activation's range is fitted to the reference's outputs
+    # (search.activation_ranges); "half": M // 2 integer bits whatever the layer
+    activation_range: Literal["calibrated", "half"] = "calibrated"
 
     def __post_init__(self) -> None:
         if self.size_mode not in ("per-layer", "model"):
             raise SpaceError(f"size_mode {self.size_mode!r}: expected 'per-layer' or 'model'")
+        if self.activation_range not in ACTIVATION_RANGES:
+            raise SpaceError(
+                f"activation_range {self.activation_range!r}: expected 'calibrated' or 'half'"
+            )
         for value in self.multipliers:
             if not value > 0:
                 raise SpaceError(f"size multiplier {value!r} must be > 0")

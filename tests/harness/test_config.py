@@ -35,7 +35,7 @@ def test_empty_mapping_is_the_default_config() -> None:
     assert config.space.activation == DEFAULT_ACTIVATION
     assert config.space.multipliers == DEFAULT_MULTIPLIERS
     assert config.space.size_mode == "per-layer" and config.space.rules == ()
-    assert config.space.strict_layers is False
+    assert config.space.strict_layers is False and config.space.activation_range == "calibrated"
     assert config.training == TrainSettings()
     assert config.constraints == Constraints()
     assert config.measure == MeasureConfig() and config.measure.devices == ("local",)
@@ -81,7 +81,7 @@ def test_every_section_reaches_its_setting() -> None:
                 "objectives": ["accuracy", "size"], "in_flight": 3, "input_bits": 6,
                 "size_mode": "model", "kernel": ["ternary", "fixed(4,1)"], "bias": ["fixed(16)"],
                 "activation": ["fixed(8)"], "multipliers": [1, 2.5], "strict_layers": True,
-                "results_dir": "out", "accuracy_from": "keras",
+                "activation_range": "half", "results_dir": "out", "accuracy_from": "keras",
                 "layer": [
                     {"match": "conv[12]", "kernel": ["fixed(4)"], "resize": False},
                     {"match": "dense", "skip": True, "multipliers": [1.0]},
@@ -106,7 +106,7 @@ def test_every_section_reaches_its_setting() -> None:
     assert space.size_mode == "model" and space.kernel == ("ternary", "fixed(4,1)")
     assert space.bias == ("fixed(16)",) and space.activation == ("fixed(8)",)
     assert space.multipliers == (1.0, 2.5) and all(isinstance(m, float) for m in space.multipliers)
-    assert space.strict_layers is True
+    assert space.strict_layers is True and space.activation_range == "half"
     assert space.rules == (
         LayerRule(match="conv[12]", kernel=("fixed(4)",), resize=False),
         LayerRule(match="dense", multipliers=(1.0,), skip=True),
@@ -208,6 +208,7 @@ def test_unknown_keys_are_named(data: dict, phrase: str) -> None:
         ({"search": {"layer": [{"match": "d", "bias": ["float8"]}]}}, "[[search.layer]] #1 bias"),
         ({"search": {"layer": [{"kernel": ["fixed(4)"]}]}}, "'match'"),
         ({"search": {"size_mode": "global"}}, "size_mode"),
+        ({"search": {"activation_range": "max"}}, "[search]: activation_range 'max': expected 'calibrated' or 'half'"),
         ({"search": {"multipliers": [0.0, 1.0]}}, "multiplier"),
         ({"search": {"accuracy_from": "onnx"}}, "[search] accuracy_from"),
         ({"score": {"rate": 1.0}}, "rate"),

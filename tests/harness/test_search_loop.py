@@ -258,3 +258,67 @@ def test_prescreen_keeps_clearly_dominated_candidates_off_the_devices(tiny_refer
         assert record.metric_value("accuracy") < best
         assert record.metrics["energy_mj_predicted.bench"].value == pytest.approx(0.5, rel=0.05)
         assert "dominated by trial" in (record.error or "")
+
+
+# --- activation ranges ----------------------------------------------------------------------
+
+FIXED4_ACTIVATIONS = {"search": {"activation": ["fixed(4)", "float32"], "trials": 4}}
+
+
+def test_fixed_activations_train_with_ranges_calibrated_on_the_reference(tiny_reference: Path, tmp_path: Path) -> None:
+    import keras
+
+    from search.quantizers import qkeras_custom_objects
+
+    config = make(tiny_reference, tmp_path / "results", FIXED4_ACTIVATIONS)
+    run = SearchRun(config, progress=False)
+    run.run()
+    calibrated = {name: widths[4] for name, widths in run.activation_ranges.bits.items()}
+    assert set(calibrated) == {"conv1", "conv2"}  # the softmax dense layer stays float
+    records = records_of(config)
+    assert [r.label for r in records] == ["reference", "int8", "", ""]
+    assert {n: records[1].layers[n]["activation"] for n in calibrated} == {
+        n: f"fixed(4,{i})" for n, i in calibrated.items()
+    }
+    for record in records:
+        trained = keras.models.load_model(
+            record.artifacts["keras"].path, custom_objects=qkeras_custom_objects(), compile=False
+        )
+        for name, integer in calibrated.items():
+            activation = record.layers[name]["activation"]
+            assert activation in ("float32", f"fixed(4,{integer})"), (record.trial_number, name)
+            if activation != "float32":
+                quantizer = trained.get_layer(name).activation
+                assert (quantizer.bits, float(quantizer.integer)) == (4, integer)
+    attrs = open_study(config, Path(config.results_dir)).user_attrs
+    assert attrs["activation_range"] == "calibrated"
+    assert attrs["activation_ranges"] == {n: {"4": i} for n, i in calibrated.items()}
+
+
+def test_activation_range_half_keeps_the_configured_names(tiny_reference: Path, tmp_path: Path) -> None:
+    half = merged(FIXED4_ACTIVATIONS, {"search": {"activation_range": "half"}})
+    config = make(tiny_reference, tmp_path / "results", half)
+    SearchRun(config, progress=False).run()
+    int8 = records_of(config)[1]
+    assert int8.label == "int8" and int8.layers["conv1"]["activation"] == "fixed(4)"
+
+
+def test_a_study_is_not_resumed_with_another_activation_range(tiny_reference: Path, tmp_path: Path) -> None:
+    half = make(tiny_reference, tmp_path / "results", {"search": {"activation_range": "half", "trials": 2}})
+    SearchRun(half, progress=False).run()
+    calibrated = make(tiny_reference, tmp_path / "results", {"search": {"trials": 3}})
+    with pytest.raises(InputError, match="activation_range 'half', not 'calibrated'"):
+        SearchRun(calibrated, progress=False).run()
+
+
+def test_a_study_from_before_calibration_counts_as_half(tiny_reference: Path, tmp_path: Path) -> None:
+    config = make(tiny_reference, tmp_path / "results", {})
+    storage = search_loop.study_storage_url(Path(config.results_dir))
+    Path(config.results_dir).mkdir(parents=True)
+    older = optuna.create_study(study_name=config.study, storage=storage, directions=config.directions)
+    older.set_user_attr("objectives", list(config.objectives))  # all an older harness stored
+    older.tell(older.ask(), [0.5, 1.0])
+    with pytest.raises(InputError, match="activation_range 'half', not 'calibrated'"):
+        open_study(config, Path(config.results_dir))
+    fresh = make(tiny_reference, tmp_path / "other", {})
+    assert open_study(fresh, Path(fresh.results_dir)).user_attrs["activation_range"] == "calibrated"

@@ -1,0 +1,102 @@
+"""search.activation_ranges: least-squared-error fixed-point ranges from the reference."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from search.activation_ranges import ActivationRanges, calibrate
+from search.candidate import CandidateSpec, LayerChoice
+from search.quantizers import MIN_INTEGER_BITS, Scheme, parse_scheme
+from search.space import build_space
+from search.space_options import SpaceOptions
+
+L = keras.layers
+WIDTHS = (2, 4, 8)
+
+
+def _scaled_model() -> keras.Model:
+    """``small`` (ReLU) outputs stay below ~0.3, ``large`` (linear) spans about +-6."""
+    inputs = keras.Input((16,), name="input")
+    small = L.Dense(8, activation="relu", name="small")(inputs)
+    large = L.Dense(8, name="large")(small)
+    outputs = L.Dense(3, activation="softmax", name="out")(large)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    model.get_layer("small").set_weights([rng.normal(0, 0.02, (16, 8)), np.zeros(8)])
+    model.get_layer("large").set_weights([rng.normal(0, 6.0, (8, 8)), np.zeros(8)])
+    model.get_layer("out").set_weights([rng.normal(0, 0.1, (8, 3)), np.zeros(3)])
+    return model
+
+
+def _space(model: keras.Model, activation: tuple[str, ...] = tuple(f"fixed({m})" for m in WIDTHS)):
+    return build_space(model, SpaceOptions(kernel=("fixed(8)",), bias=("float32",), activation=activation))
+
+
+def _samples() -> np.ndarray:
+    return np.random.default_rng(1).uniform(0, 1, (256, 16)).astype("float32")
+
+
+def _outputs(model: keras.Model, name: str) -> np.ndarray:
+    probe = keras.Model(model.inputs, model.get_layer(name).output)
+    return np.asarray(probe.predict(_samples(), verbose=0)).ravel()
+
+
+def _error(values: np.ndarray, width: int, integer: int, after_relu: bool) -> float:
+    quantizer = Scheme("fixed", width, integer).activation_quantizer(after_relu)
+    return float(np.mean((np.asarray(quantizer(values)) - values) ** 2))
+
+
+@pytest.fixture(scope="module")
+def calibrated() -> tuple[keras.Model, ActivationRanges]:
+    model = _scaled_model()
+    return model, calibrate(model, _space(model), _samples())
+
+
+def test_each_width_gets_the_range_with_the_least_error_over_every_allowed_range(calibrated) -> None:
+    model, ranges = calibrated
+    for name, after_relu in (("small", True), ("large", False)):
+        values = _outputs(model, name)
+        for width in WIDTHS:
+            errors = {i: _error(values, width, i, after_relu) for i in range(MIN_INTEGER_BITS, width)}
+            chosen = ranges.bits[name][width]
+            assert errors[chosen] == pytest.approx(min(errors.values())), (name, width, chosen)
+
+
+def test_ranges_follow_the_layers_values_and_beat_the_half_width_default(calibrated) -> None:
+    model, ranges = calibrated
+    assert ranges.bits["small"][4] < 0 < ranges.bits["large"][4]  # below 1/2 vs several units
+    for name, after_relu in (("small", True), ("large", False)):
+        values = _outputs(model, name)
+        for width in WIDTHS:
+            default = _error(values, width, width // 2, after_relu)
+            assert _error(values, width, ranges.bits[name][width], after_relu) < default, (name, width)
+
+
+def test_the_output_layer_and_non_fixed_schemes_are_not_calibrated() -> None:
+    model = _scaled_model()
+    space = _space(model, activation=("fixed(4)", "fixed(6,2)", "binary", "po2(4)", "float32"))
+    ranges = calibrate(model, space, _samples())
+    assert set(ranges.bits) == {"small", "large"}  # "out" feeds the softmax: float only
+    assert all(set(widths) == {4} for widths in ranges.bits.values())  # fixed(6,2) is the user's
+
+
+def test_resolve_sets_uncalibrated_fixed_activations_and_keeps_everything_else() -> None:
+    ranges = ActivationRanges({"a": {4: -1, 8: 2}, "b": {4: 1}})
+    f8, binary = parse_scheme("fixed(8)"), parse_scheme("binary")
+    spec = CandidateSpec(
+        (
+            ("a", LayerChoice(f8, f8, parse_scheme("fixed(4)"), 3)),
+            ("b", LayerChoice(binary, f8, parse_scheme("fixed(4,3)"), 5)),
+            ("c", LayerChoice(f8, f8, parse_scheme("fixed(4)"), 2)),
+        ),
+        label="int8",
+    )
+    resolved = ranges.resolve(spec)
+    assert resolved.label == "int8"
+    assert resolved["a"] == LayerChoice(f8, f8, Scheme("fixed", 4, -1), 3)
+    assert resolved["b"] == spec["b"]  # the user's own fixed(M,I) wins
+    assert resolved["c"] == spec["c"]  # not calibrated: left as it was
+    assert resolved.key != spec.key  # a different grid is a different candidate
+    assert ActivationRanges().resolve(spec) == spec
