@@ -56,7 +56,7 @@ from results.calibration import (
 )
 from results.records import Metric, TrialRecord
 from results.store import ResultsStore
-from search.activation_ranges import ActivationRanges
+from search.activation_ranges import ActivationRangeError, ActivationRanges
 from search.activation_ranges import calibrate as calibrate_activation_ranges
 from search.candidate import CandidateSpec
 from search.graph import GraphError
@@ -160,11 +160,14 @@ class SearchRun:
             devices = open_devices(config.measure.devices, inventory, self.gate, config.energy)
         self.devices: list[Device] = devices
         self.evaluator = CandidateEvaluator(self.reference, self.space, self.dataset, config, self.gate)
-        self.activation_ranges = (
-            calibrate_activation_ranges(self.reference, self.space, self.evaluator.calibration_x)
-            if config.space.activation_range == "calibrated"
-            else ActivationRanges()
-        )
+        try:
+            self.activation_ranges = (
+                calibrate_activation_ranges(self.reference, self.space, self.evaluator.calibration_x)
+                if config.space.activation_range == "calibrated"
+                else ActivationRanges()
+            )
+        except ActivationRangeError as e:
+            raise InputError(f"reference model {config.reference!r}: {e}") from e
         self.settings = MeasureSettings(
             threads=config.measure.threads, warmup_runs=config.measure.warmup_runs,
             min_seconds=config.measure.min_seconds, min_runs=config.measure.min_runs,
@@ -179,7 +182,7 @@ class SearchRun:
     def run(self) -> SearchSummary:
         self.study_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(self.config, self.results_dir)
-        study.set_user_attr("activation_ranges", self.activation_ranges.to_dict())
+        self._keep_activation_ranges(study)
         with ResultsStore(self.results_dir / "harness.sqlite") as store:
             self._recover(study, store)
             self._seed(study)
@@ -218,6 +221,19 @@ class SearchRun:
             for record in store.records(self.config.study):
                 counts[record.state] = counts.get(record.state, 0) + 1
         return SearchSummary(self.config.study, self._finished(study), counts, self.study_dir)
+
+    def _keep_activation_ranges(self, study: optuna.Study) -> None:
+        """A resumed study keeps the ranges it started with, so the same sampled choices
+        always mean the same grid; widths it never calibrated take today's calibration."""
+        saved = ActivationRanges.from_dict(study.user_attrs.get("activation_ranges", {}))
+        fresh = self.activation_ranges.bits
+        merged = {
+            name: {**fresh.get(name, {}), **saved.bits.get(name, {})} for name in {*fresh, *saved.bits}
+        }
+        if any(saved.bits.get(n, {}).get(m, i) != i for n, widths in fresh.items() for m, i in widths.items()):
+            log.info("activation ranges: keeping the study's saved ranges over a recalibration that differs")
+        self.activation_ranges = ActivationRanges(merged)
+        study.set_user_attr("activation_ranges", self.activation_ranges.to_dict())
 
     def _drain(self, study, store, pending: list[_Pending], bar) -> None:
         """Finish every pending trial (measurements under way are kept, even on Ctrl-C); one

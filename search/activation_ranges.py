@@ -32,11 +32,15 @@ from search.candidate import CandidateSpec
 from search.quantizers import MIN_INTEGER_BITS, Scheme
 from search.space import SearchSpace
 
-__all__ = ["ActivationRanges", "calibrate"]
+__all__ = ["ActivationRanges", "ActivationRangeError", "calibrate"]
 
 #: Output values per layer the error is measured on; a fixed random subset keeps the search
 #: over I cheap on large feature maps without changing which I wins.
 _MAX_VALUES = 1 << 20
+
+
+class ActivationRangeError(ValueError):
+    """The reference's outputs give no range (names the layer)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,12 @@ class ActivationRanges:
         return CandidateSpec(tuple(layers), label=spec.label)
 
     def to_dict(self) -> dict[str, dict[str, int]]:
+        """JSON-able (an Optuna study attribute): widths as strings."""
         return {name: {str(m): i for m, i in widths.items()} for name, widths in self.bits.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping[str, int]]) -> ActivationRanges:
+        return cls({name: {int(m): int(i) for m, i in widths.items()} for name, widths in data.items()})
 
 
 def calibrate(reference: keras.Model, space: SearchSpace, samples: np.ndarray) -> ActivationRanges:
@@ -67,27 +76,28 @@ def calibrate(reference: keras.Model, space: SearchSpace, samples: np.ndarray) -
         reference: The trained reference model the candidates inherit from.
         space: Its search space; only widths some candidate can choose are calibrated.
         samples: Model inputs (a few hundred training samples suffice).
+
+    Raises:
+        ActivationRangeError: a layer of the reference outputs NaN or infinity on the samples.
     """
-    wanted = {
-        slot.name: sorted({s.bits for s in slot.activation_schemes if _calibratable(s)})
-        for slot in space.slots
-    }
-    wanted = {name: widths for name, widths in wanted.items() if widths}
-    if not wanted:
-        return ActivationRanges()
-    names = list(wanted)
-    probe = keras.Model(reference.inputs, [reference.get_layer(n).output for n in names])
-    outputs = probe.predict(samples, verbose=0)
-    if len(names) == 1:
-        outputs = [outputs]
     rng = np.random.default_rng(0)
     bits: dict[str, dict[int, int]] = {}
-    for name, values in zip(names, outputs, strict=True):
-        flat = np.asarray(values, dtype=np.float32).ravel()
-        if flat.size > _MAX_VALUES:
-            flat = rng.choice(flat, _MAX_VALUES, replace=False)
-        after_relu = space.slot(name).activation == "relu"
-        bits[name] = {m: _best_integer_bits(flat, m, after_relu) for m in wanted[name]}
+    for slot in space.slots:
+        widths = sorted({s.bits for s in slot.activation_schemes if _calibratable(s)})
+        if not widths:
+            continue
+        # one layer at a time: all of a large model's feature maps at once need not fit in memory
+        probe = keras.Model(reference.inputs, reference.get_layer(slot.name).output)
+        values = np.asarray(probe.predict(samples, verbose=0), dtype=np.float32).ravel()
+        if not np.all(np.isfinite(values)):
+            raise ActivationRangeError(
+                f"layer {slot.name!r} of the reference outputs NaN or infinity on the calibration "
+                "samples, so its activation range cannot be calibrated"
+            )
+        if values.size > _MAX_VALUES:
+            values = rng.choice(values, _MAX_VALUES, replace=False)
+        after_relu = slot.activation == "relu"
+        bits[slot.name] = {m: _best_integer_bits(values, m, after_relu) for m in widths}
     return ActivationRanges(bits)
 
 
@@ -96,17 +106,16 @@ def _calibratable(scheme: Scheme) -> bool:
 
 
 def _best_integer_bits(values: np.ndarray, width: int, after_relu: bool) -> int:
-    """The I in [top - M, top] with the least squared error, top being the clip-free range;
-    ties go to the wider range (it clips less on inputs the samples did not cover)."""
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
-    top = math.ceil(math.log2(peak)) if peak > 0 else 0
-    top = min(max(top, MIN_INTEGER_BITS), width - 1)
-    lowest = max(top - width, MIN_INTEGER_BITS)
-    best, best_error = top, math.inf
-    for integer in range(top, lowest - 1, -1):
+    """The I in [MIN_INTEGER_BITS, M - 1] with the least squared error; ties go to the wider
+    range (it clips less on inputs the samples did not cover).
+
+    Every I is tried: the error is not unimodal in I, and the best range may clip (low widths)
+    or sit above the peak (a grid's top is one step below 2^I). A width whose grid overflows
+    float32 (qkeras computes 2^M in int32) gives non-finite values and is never chosen."""
+    best, best_error = 0, math.inf
+    for integer in range(width - 1, MIN_INTEGER_BITS - 1, -1):
         quantizer = Scheme("fixed", width, integer).activation_quantizer(after_relu)
-        quantized = np.asarray(quantizer(values))
-        error = float(np.mean((quantized - values) ** 2))
+        error = float(np.mean((np.asarray(quantizer(values)) - values) ** 2)) if values.size else 0.0
         if error < best_error:
             best, best_error = integer, error
     return best

@@ -322,3 +322,23 @@ def test_a_study_from_before_calibration_counts_as_half(tiny_reference: Path, tm
         open_study(config, Path(config.results_dir))
     fresh = make(tiny_reference, tmp_path / "other", {})
     assert open_study(fresh, Path(fresh.results_dir)).user_attrs["activation_range"] == "calibrated"
+
+
+def test_a_resumed_study_keeps_its_saved_ranges(tiny_reference: Path, tmp_path: Path) -> None:
+    only_fixed4 = {"search": {"activation": ["fixed(4)"], "trials": 1}}
+    first = make(tiny_reference, tmp_path / "results", only_fixed4)
+    run = SearchRun(first, progress=False)
+    run.run()
+    calibrated = run.activation_ranges.bits
+    assert calibrated["conv1"][4] != -3
+    # as if this host's recalibration differed from the one the study started with (say, another
+    # machine's float rounding); conv2 was never saved, as if its width was added on resume
+    open_study(first, Path(first.results_dir)).set_user_attr("activation_ranges", {"conv1": {"4": -3}})
+    resumed = make(tiny_reference, tmp_path / "results", merged(only_fixed4, {"search": {"trials": 2}}))
+    SearchRun(resumed, progress=False).run()
+    second = records_of(resumed)[1]
+    assert second.state == "complete"
+    assert second.layers["conv1"]["activation"] == "fixed(4,-3)"  # a negative I, trained and lowered
+    assert second.layers["conv2"]["activation"] == f"fixed(4,{calibrated['conv2'][4]})"
+    saved = open_study(resumed, Path(resumed.results_dir)).user_attrs["activation_ranges"]
+    assert saved == {"conv1": {"4": -3}, "conv2": {"4": calibrated["conv2"][4]}}

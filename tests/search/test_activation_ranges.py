@@ -100,3 +100,43 @@ def test_resolve_sets_uncalibrated_fixed_activations_and_keeps_everything_else()
     assert resolved["c"] == spec["c"]  # not calibrated: left as it was
     assert resolved.key != spec.key  # a different grid is a different candidate
     assert ActivationRanges().resolve(spec) == spec
+
+
+def _least_error(values: np.ndarray, width: int, after_relu: bool) -> float:
+    return min(_error(values, width, i, after_relu) for i in range(MIN_INTEGER_BITS, width))
+
+
+@pytest.mark.parametrize(
+    ("values", "after_relu", "width"),
+    [
+        (np.ones(64), True, 4),  # a peak at exactly 2^0: the grid at I = 0 stops one step short
+        (np.full(64, 0.99), True, 2),
+        (np.concatenate([np.random.default_rng(2).normal(0, 0.01, 2000), [2.0, -2.0]]), False, 4),
+        (np.random.default_rng(3).laplace(0, 0.05, 4000), False, 2),  # the best range clips
+        (np.random.default_rng(4).exponential(3e-4, 4000), True, 8),  # tiny values: negative I
+    ],
+    ids=["ones", "just-below-one", "signed-power-of-two-peak", "laplace-2-bit", "tiny"],
+)
+def test_best_range_is_found_where_the_peak_gives_no_hint(values, after_relu: bool, width: int) -> None:
+    from search.activation_ranges import _best_integer_bits
+
+    values = values.astype("float32")
+    chosen = _best_integer_bits(values, width, after_relu)
+    assert _error(values, width, chosen, after_relu) == pytest.approx(_least_error(values, width, after_relu))
+
+
+def test_all_zero_outputs_get_a_range_and_non_finite_outputs_name_the_layer() -> None:
+    from search.activation_ranges import ActivationRangeError, _best_integer_bits
+
+    assert MIN_INTEGER_BITS <= _best_integer_bits(np.zeros(16, "float32"), 4, True) < 4
+    model = _scaled_model()
+    weights = model.get_layer("large").get_weights()
+    model.get_layer("large").set_weights([weights[0] * np.inf, weights[1]])
+    with pytest.raises(ActivationRangeError, match="layer 'large' of the reference outputs NaN or infinity"):
+        calibrate(model, _space(model), _samples())
+
+
+def test_ranges_round_trip_through_their_study_attribute_form() -> None:
+    ranges = ActivationRanges({"a": {4: -1, 8: 2}})
+    assert ranges.to_dict() == {"a": {"4": -1, "8": 2}}
+    assert ActivationRanges.from_dict(ranges.to_dict()) == ranges
