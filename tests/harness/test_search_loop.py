@@ -339,6 +339,14 @@ def test_a_resumed_study_keeps_its_saved_ranges(tiny_reference: Path, tmp_path: 
     second = records_of(resumed)[1]
     assert second.state == "complete"
     assert second.layers["conv1"]["activation"] == "fixed(4,-3)"  # a negative I, trained and lowered
+    import keras
+
+    from search.quantizers import qkeras_custom_objects
+
+    trained = keras.models.load_model(
+        second.artifacts["keras"].path, custom_objects=qkeras_custom_objects(), compile=False
+    )
+    assert float(trained.get_layer("conv1").activation.integer) == -3.0  # saved and read back
     assert second.layers["conv2"]["activation"] == f"fixed(4,{calibrated['conv2'][4]})"
     saved = open_study(resumed, Path(resumed.results_dir)).user_attrs["activation_ranges"]
     assert saved == {"conv1": {"4": -3}, "conv2": {"4": calibrated["conv2"][4]}}
