@@ -117,7 +117,8 @@ def run_seed(args: argparse.Namespace, seed: int, done: set[tuple[int, int]], pa
         if (seed, index) in done:
             continue
         calibrated = ranges.resolve(sampled)
-        row = {"seed": seed, "index": index, "settings": settings_of(args), "spec": sampled.summary(),
+        row = {"seed": seed, "index": index, "settings": settings_of(args),
+               "trained_at": _dt.datetime.now().isoformat(timespec="seconds"), "spec": sampled.summary(),
                "calibrated_spec": calibrated.summary(), "changed": calibrated.key != sampled.key}
         for mode, spec in (("half", sampled), ("calibrated", calibrated)):
             if mode == "calibrated" and not row["changed"]:
@@ -191,7 +192,9 @@ def report(args: argparse.Namespace, pairs: list[dict], machine: dict, started: 
         group = [p for p in changed if low <= p["energy_x_int8"] < high]
         lines.append(f"| {label} | {len(group)} | "
                      f"{_summary([p['calibrated']['tflite'] - p['half']['tflite'] for p in group])} |")
-    lines += ["", f"Raw pairs (specs, accuracies, seconds): `{args.runs_dir / 'pairs.jsonl'}` (git-ignored)."]
+    raw = args.runs_dir.resolve() / "pairs.jsonl"
+    shown = raw.relative_to(REPO_ROOT) if raw.is_relative_to(REPO_ROOT) else raw
+    lines += ["", f"Raw pairs (specs, accuracies, seconds): `{shown}` (git-ignored)."]
     return "\n".join(lines)
 
 
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     started = _dt.datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    machine = machine_info(("tensorflow-cpu", "keras", "qkeras", "ai-edge-litert"))
+    machine = machine_info(("tensorflow-cpu", "keras", "qkeras-v3", "ai-edge-litert"))
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     pairs_file = args.runs_dir / "pairs.jsonl"
     if not args.report_only:
