@@ -47,10 +47,10 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.machine import machine_info  # noqa: E402
 from bench.results_file import write_section  # noqa: E402
+from bench.search_bench import FASHION_PATH  # noqa: E402 - the search bench's data, the same split
 
 log = logging.getLogger("activation_range_bench")
 SECTION = "activation-range-bench"
-FASHION_PATH = "/usr/share/datasets/fashion-mnist"
 # Energy buckets (candidate energy / uniform-int8 energy) for the breakdown table.
 BUCKETS = ((0.0, 0.5, "< 0.5x int8"), (0.5, 1.5, "0.5-1.5x"), (1.5, math.inf, "> 1.5x"))
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import keras
@@ -160,14 +161,6 @@ class SearchRun:
             devices = open_devices(config.measure.devices, inventory, self.gate, config.energy)
         self.devices: list[Device] = devices
         self.evaluator = CandidateEvaluator(self.reference, self.space, self.dataset, config, self.gate)
-        try:
-            self.activation_ranges = (
-                calibrate_activation_ranges(self.reference, self.space, self.evaluator.calibration_x)
-                if config.space.activation_range == "calibrated"
-                else ActivationRanges()
-            )
-        except ActivationRangeError as e:
-            raise InputError(f"reference model {config.reference!r}: {e}") from e
         self.settings = MeasureSettings(
             threads=config.measure.threads, warmup_runs=config.measure.warmup_runs,
             min_seconds=config.measure.min_seconds, min_runs=config.measure.min_runs,
@@ -178,8 +171,20 @@ class SearchRun:
         self._fronts: dict[str, list[FrontPoint]] = {}
         self._measured_since_fit = 0
 
+    @cached_property
+    def activation_ranges(self) -> ActivationRanges:
+        """The ranges candidates' ``fixed(M)`` activations get; calibrated on first use, so
+        users of the search's parts that never propose a candidate (finetune) do not pay."""
+        if self.config.space.activation_range != "calibrated":
+            return ActivationRanges()
+        try:
+            return calibrate_activation_ranges(self.reference, self.space, self.evaluator.calibration_x)
+        except ActivationRangeError as e:
+            raise InputError(f"reference model {self.config.reference!r}: {e}") from e
+
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> SearchSummary:
+        self.activation_ranges  # noqa: B018 - calibrate (or fail on the reference) before writing anything
         self.study_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(self.config, self.results_dir)
         self._keep_activation_ranges(study)

@@ -55,7 +55,7 @@ class ActivationRanges:
         for name, choice in spec:
             activation = choice.activation
             calibrated = self.bits.get(name, {}).get(activation.bits)
-            if activation.kind == "fixed" and activation.integer_bits is None and calibrated is not None:
+            if _calibratable(activation) and calibrated is not None:
                 choice = replace(choice, activation=Scheme("fixed", activation.bits, calibrated))
             layers.append((name, choice))
         return CandidateSpec(tuple(layers), label=spec.label)
