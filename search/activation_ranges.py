@@ -110,8 +110,7 @@ def _best_integer_bits(values: np.ndarray, width: int, after_relu: bool) -> int:
     range (it clips less on inputs the samples did not cover).
 
     Every I is tried: the error is not unimodal in I, and the best range may clip (low widths)
-    or sit above the peak (a grid's top is one step below 2^I). A width whose grid overflows
-    float32 (qkeras computes 2^M in int32) gives non-finite values and is never chosen."""
+    or sit above the peak (a grid's top is one step below 2^I)."""
     best, best_error = 0, math.inf
     for integer in range(width - 1, MIN_INTEGER_BITS - 1, -1):
         quantizer = Scheme("fixed", width, integer).activation_quantizer(after_relu)

@@ -196,9 +196,13 @@ class Scheme:
             return quantized_relu_po2(self.bits) if after_relu else quantized_po2(self.bits)
         if self.kind == "fixed":
             if after_relu:
-                # quantized_relu computes 2**integer in integer arithmetic, which refuses a
-                # negative exponent; a float exponent gives the same grid.
-                return quantized_relu(self.bits, integer if integer >= 0 else float(integer))
+                # quantized_relu computes 2**integer and 2**bits in integer arithmetic, which
+                # refuses a negative exponent and wraps 2**32 to 0 in int32 (every output NaN);
+                # float exponents give the same grid.
+                return quantized_relu(
+                    self.bits if self.bits < 32 else float(self.bits),
+                    integer if integer >= 0 else float(integer),
+                )
             return quantized_bits(self.bits, integer, alpha=1)
         return None
 

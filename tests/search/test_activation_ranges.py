@@ -114,8 +114,9 @@ def _least_error(values: np.ndarray, width: int, after_relu: bool) -> float:
         (np.concatenate([np.random.default_rng(2).normal(0, 0.01, 2000), [2.0, -2.0]]), False, 4),
         (np.random.default_rng(3).laplace(0, 0.05, 4000), False, 2),  # the best range clips
         (np.random.default_rng(4).exponential(3e-4, 4000), True, 8),  # tiny values: negative I
+        (np.random.default_rng(5).exponential(0.5, 4000), True, 32),  # 2**32 wrapped in qkeras' int32
     ],
-    ids=["ones", "just-below-one", "signed-power-of-two-peak", "laplace-2-bit", "tiny"],
+    ids=["ones", "just-below-one", "signed-power-of-two-peak", "laplace-2-bit", "tiny", "32-bit"],
 )
 def test_best_range_is_found_where_the_peak_gives_no_hint(values, after_relu: bool, width: int) -> None:
     from search.activation_ranges import _best_integer_bits
@@ -123,6 +124,7 @@ def test_best_range_is_found_where_the_peak_gives_no_hint(values, after_relu: bo
     values = values.astype("float32")
     chosen = _best_integer_bits(values, width, after_relu)
     assert _error(values, width, chosen, after_relu) == pytest.approx(_least_error(values, width, after_relu))
+    assert np.isfinite(_least_error(values, width, after_relu))
 
 
 def test_all_zero_outputs_get_a_range_and_non_finite_outputs_name_the_layer() -> None:

@@ -266,6 +266,16 @@ def test_fixed_activation_grid_tops_at_2_pow_i_with_step_2_pow_i_minus_m(integer
     assert values.min() == pytest.approx(0.0 if after_relu else -(2.0**integer))
 
 
+@pytest.mark.parametrize("after_relu", [True, False])
+def test_32_bit_fixed_activation_is_finite_and_exact_to_float32(after_relu: bool) -> None:
+    """qkeras' quantized_relu wraps 2**32 to 0 in int32 and returned NaN for every input."""
+    inputs = np.linspace(-3, 3, 6001).astype("float32")
+    values = np.asarray(Scheme("fixed", 32, 2).activation_quantizer(after_relu)(tf.constant(inputs)))
+    assert np.all(np.isfinite(values))
+    expected = np.maximum(inputs, 0.0) if after_relu else inputs
+    np.testing.assert_allclose(values, expected, atol=1e-6)
+
+
 def test_qkeras_custom_objects_names_the_layers_and_quantizers_the_builder_uses() -> None:
     objects = qkeras_custom_objects()
     for name in ("QConv1D", "QConv2D", "QDepthwiseConv2D", "QSeparableConv2D", "QDense",
