@@ -57,7 +57,7 @@ from results.calibration import (
 )
 from results.records import Metric, TrialRecord
 from results.store import ResultsStore
-from search.activation_ranges import ActivationRangeError, ActivationRanges
+from search.activation_ranges import CALIBRATED_KINDS, ActivationRangeError, ActivationRanges
 from search.activation_ranges import calibrate as calibrate_activation_ranges
 from search.candidate import CandidateSpec
 from search.graph import GraphError
@@ -173,8 +173,9 @@ class SearchRun:
 
     @cached_property
     def activation_ranges(self) -> ActivationRanges:
-        """The ranges candidates' ``fixed(M)`` activations get; calibrated on first use, so
-        users of the search's parts that never propose a candidate (finetune) do not pay."""
+        """The ranges candidates' activations get (:mod:`search.activation_ranges`); calibrated
+        on first use, so users of the search's parts that never propose a candidate (finetune)
+        do not pay."""
         if self.config.space.activation_range != "calibrated":
             return ActivationRanges()
         try:
@@ -229,16 +230,20 @@ class SearchRun:
 
     def _keep_activation_ranges(self, study: optuna.Study) -> None:
         """A resumed study keeps the ranges it started with, so the same sampled choices
-        always mean the same grid; widths it never calibrated take today's calibration."""
-        saved = ActivationRanges.from_dict(study.user_attrs.get("activation_ranges", {}))
-        fresh = self.activation_ranges.bits
-        merged = {
-            name: {**fresh.get(name, {}), **saved.bits.get(name, {})} for name in {*fresh, *saved.bits}
-        }
+        always mean the same grid; widths it never calibrated take today's calibration, but
+        only of the scheme kinds it calibrates (one saved before binary, binary01 and ternary
+        activations were calibrated keeps them at qkeras' scale of 1)."""
+        attrs = study.user_attrs
+        saved = ActivationRanges.from_dict(attrs.get("activation_ranges", {}))
+        kinds = attrs.get("activation_range_kinds", ["fixed"] if "activation_ranges" in attrs else CALIBRATED_KINDS)
+        fresh = self.activation_ranges.without_kinds(set(CALIBRATED_KINDS) - set(kinds)).bits
+        merged = {name: {**fresh.get(name, {}), **saved.bits.get(name, {})} for name in {*fresh, *saved.bits}}
+        merged = {name: ranges for name, ranges in merged.items() if ranges}
         if any(saved.bits.get(n, {}).get(m, i) != i for n, widths in fresh.items() for m, i in widths.items()):
             log.info("activation ranges: keeping the study's saved ranges over a recalibration that differs")
         self.activation_ranges = ActivationRanges(merged)
         study.set_user_attr("activation_ranges", self.activation_ranges.to_dict())
+        study.set_user_attr("activation_range_kinds", list(kinds))
 
     def _drain(self, study, store, pending: list[_Pending], bar) -> None:
         """Finish every pending trial (measurements under way are kept, even on Ctrl-C); one

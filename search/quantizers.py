@@ -9,6 +9,7 @@ name            values                                      bits
 ``binary``      {-1, +1} x power-of-two scale               1
 ``binary01``    {0, 1} x power-of-two scale (modified bin.)  1
 ``ternary``     {-1, 0, +1} x power-of-two scale            2
+``ternary(2^c)``  same, the scale fixed at 2^c              2
 ``po2(E)``      +-2^k, k from an (E-1)-bit exponent         E
 ``fixed(M)``    M-bit two's-complement grid                 M
 ``fixed(M,I)``  same, I of the M bits left of the point     M
@@ -18,7 +19,10 @@ name            values                                      bits
 
 Training uses qkeras-v3 quantizers (straight-through estimators). Weight quantizers get a
 per-channel power-of-two scale (``alpha="auto_po2"``): that is the constant exponent ``c`` of
-document 000's bit tuples.
+document 000's bit tuples. Activations and biases have no learned scale: ``binary``,
+``binary01`` and ``ternary`` ones are ±1 unless written with a fixed scale, ``binary(2^c)``
+etc. (any of the three; for a kernel the fixed scale replaces the per-channel one), which the
+search's activation-range calibration fills in (:mod:`search.activation_ranges`).
 
 Every scheme of at most 8 bits lowers to an int8 TFLite kernel (:attr:`Scheme.lowers_to_int8`),
 but only the binary and ternary grids keep their exact values there
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 __all__ = [
@@ -46,12 +50,19 @@ __all__ = [
 
 #: Lowest integer bits of ``fixed(M,I)``: a range of 2^-16 is far below any useful tensor.
 MIN_INTEGER_BITS = -16
+#: Range of the exponent c of a fixed ``binary(2^c)``/``binary01(2^c)``/``ternary(2^c)`` scale.
+MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT = -16, 16
+_SCALED_KINDS = ("binary", "binary01", "ternary")
 
 SchemeKind = Literal["binary", "binary01", "ternary", "po2", "fixed", "float"]
 
-_SCHEME_GRAMMAR = "binary, binary01, ternary, po2(E), fixed(M), fixed(M,I), float16 or float32"
+_SCHEME_GRAMMAR = (
+    "binary, binary01, ternary (each optionally with a fixed scale, e.g. ternary(2^-3)), "
+    "po2(E), fixed(M), fixed(M,I), float16 or float32"
+)
 _PATTERN = re.compile(
-    r"^\s*(?:(?P<simple>binary01|binary|ternary|float16|float32)"
+    r"^\s*(?:(?P<scaled>binary01|binary|ternary)\s*\(\s*2\s*\^\s*(?P<c>[+-]?\d+)\s*\)"
+    r"|(?P<simple>binary01|binary|ternary|float16|float32)"
     r"|po2\(\s*(?P<po2>\d+)\s*\)"
     r"|fixed\(\s*(?P<m>\d+)\s*(?:,\s*(?P<i>-?\d+)\s*)?\))\s*$"
 )
@@ -73,11 +84,15 @@ class Scheme:
             activations, which do not, unless the search calibrates them: see
             :mod:`search.activation_ranges`). Negative for values below 1/2: the grid's top is
             2^I and its step 2^(I-M), or 2^(I-M+1) with a sign bit.
+        scale_exponent: For ``binary``, ``binary01`` and ``ternary`` only: c of a fixed scale
+            2^c (values ±2^c, {0, 2^c}, {-2^c, 0, 2^c}), or ``None`` for the role's default
+            (a learned per-channel scale for weights, 1 for biases and activations).
     """
 
     kind: SchemeKind
     bits: int
     integer_bits: int | None = None
+    scale_exponent: int | None = None
 
     def __post_init__(self) -> None:
         fixed_widths = {"binary": 1, "binary01": 1, "ternary": 2}
@@ -87,6 +102,12 @@ class Scheme:
             raise UnknownQuantizerError(f"{self.kind} has {fixed_widths[self.kind]} bit(s), not {self.bits}")
         if self.integer_bits is not None and self.kind != "fixed":
             raise UnknownQuantizerError(f"{self.kind}: integer bits apply to fixed(M,I) only")
+        if self.scale_exponent is not None and self.kind not in _SCALED_KINDS:
+            raise UnknownQuantizerError(f"{self.name}: a fixed 2^c scale applies to binary, binary01 and ternary only")
+        if self.scale_exponent is not None and not MIN_SCALE_EXPONENT <= self.scale_exponent <= MAX_SCALE_EXPONENT:
+            raise UnknownQuantizerError(
+                f"{self.kind}(2^{self.scale_exponent}): c must be between {MIN_SCALE_EXPONENT} and {MAX_SCALE_EXPONENT}"
+            )
         if self.kind == "fixed" and not 2 <= self.bits <= 32:
             raise UnknownQuantizerError(f"fixed({self.bits}): M must be between 2 and 32 bits")
         if self.kind == "po2" and not 2 <= self.bits <= 8:
@@ -101,8 +122,8 @@ class Scheme:
     @property
     def name(self) -> str:
         """The canonical config name, e.g. ``fixed(4)`` or ``po2(5)``."""
-        if self.kind in ("binary", "binary01", "ternary"):
-            return self.kind
+        if self.kind in _SCALED_KINDS:
+            return self.kind if self.scale_exponent is None else f"{self.kind}(2^{self.scale_exponent})"
         if self.kind == "float":
             return f"float{self.bits}"
         if self.kind == "po2":
@@ -136,14 +157,10 @@ class Scheme:
 
     def weight_quantizer(self) -> object | None:
         """A QKeras quantizer for a kernel, or ``None`` for float (trained unquantized)."""
-        from qkeras import binary, quantized_bits, quantized_po2, ternary
+        from qkeras import quantized_bits, quantized_po2
 
-        if self.kind == "binary":
-            return binary(alpha="auto_po2")
-        if self.kind == "binary01":
-            return binary(use_01=True, alpha="auto_po2")
-        if self.kind == "ternary":
-            return ternary(alpha="auto_po2")
+        if self.kind in _SCALED_KINDS:
+            return self._scaled_quantizer("auto_po2" if self.scale_exponent is None else None)
         if self.kind == "po2":
             return quantized_po2(self.bits)
         if self.kind == "fixed":
@@ -152,14 +169,10 @@ class Scheme:
 
     def bias_quantizer(self) -> object | None:
         """A QKeras quantizer for a bias: a fixed grid, no per-channel scale."""
-        from qkeras import binary, quantized_bits, quantized_po2, ternary
+        from qkeras import quantized_bits, quantized_po2
 
-        if self.kind == "binary":
-            return binary(alpha=1)
-        if self.kind == "binary01":
-            return binary(use_01=True, alpha=1)
-        if self.kind == "ternary":
-            return ternary(alpha=1)
+        if self.kind in _SCALED_KINDS:
+            return self._scaled_quantizer()
         if self.kind == "po2":
             return quantized_po2(self.bits)
         if self.kind == "fixed":
@@ -175,23 +188,14 @@ class Scheme:
 
     def activation_quantizer(self, after_relu: bool) -> object | None:
         """A QKeras quantizer for a layer output; ``after_relu`` folds the ReLU into it."""
-        from qkeras import (
-            binary,
-            quantized_bits,
-            quantized_po2,
-            quantized_relu,
-            quantized_relu_po2,
-            ternary,
-        )
+        from qkeras import quantized_bits, quantized_po2, quantized_relu, quantized_relu_po2
 
         integer = self.activation_integer_bits
-        if self.kind == "binary":
-            return binary(use_01=True, alpha=1) if after_relu else binary(alpha=1)
-        if self.kind == "binary01":
-            return binary(use_01=True, alpha=1)
-        if self.kind == "ternary":
-            # After a ReLU only ternary's {0, +1} half can occur: keep the ReLU's meaning.
-            return binary(use_01=True, alpha=1) if after_relu else ternary(alpha=1)
+        if self.kind in _SCALED_KINDS:
+            # After a ReLU only the {0, +scale} half of binary and ternary can occur: a step at 0
+            # on the layer's pre-activation keeps the ReLU's meaning.
+            step = replace(self, kind="binary01", bits=1) if after_relu else self
+            return step._scaled_quantizer()
         if self.kind == "po2":
             return quantized_relu_po2(self.bits) if after_relu else quantized_po2(self.bits)
         if self.kind == "fixed":
@@ -205,6 +209,17 @@ class Scheme:
                 )
             return quantized_bits(self.bits, integer, alpha=1)
         return None
+
+    def _scaled_quantizer(self, learned: str | None = None) -> object:
+        """binary, binary01 or ternary with the ``learned`` qkeras scale (``"auto_po2"``), else
+        the fixed 2^c (1 without one); a fixed-scale ternary rounds to its nearest level."""
+        from qkeras import binary, ternary
+
+        alpha = learned or (1.0 if self.scale_exponent is None else 2.0**self.scale_exponent)
+        if self.kind == "ternary":
+            threshold = None if learned or self.scale_exponent is None else alpha / 2  # qkeras' default: 0.33
+            return ternary(alpha=alpha, threshold=threshold)
+        return binary(use_01=self.kind == "binary01", alpha=alpha)
 
     @property
     def activation_integer_bits(self) -> int:
@@ -249,6 +264,9 @@ def parse_scheme(text: str) -> Scheme:
         return Scheme("float", 32)
     if simple is not None:
         return Scheme(simple, 1 if simple.startswith("binary") else 2)  # type: ignore[arg-type]
+    scaled = match.group("scaled")
+    if scaled is not None:
+        return Scheme(scaled, 1 if scaled.startswith("binary") else 2, scale_exponent=int(match.group("c")))  # type: ignore[arg-type]
     if match.group("po2") is not None:
         return Scheme("po2", int(match.group("po2")))
     integer = match.group("i")

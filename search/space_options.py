@@ -76,8 +76,9 @@ class SpaceOptions:
     size_mode: Literal["per-layer", "model"] = "per-layer"
     rules: tuple[LayerRule, ...] = ()
     strict_layers: bool = False  # refuse, rather than skip, layers the search cannot handle
-    # "calibrated": a fixed(M) activation's range is fitted to the reference's outputs
-    # (search.activation_ranges); "half": M // 2 integer bits whatever the layer
+    # "calibrated": a fixed(M) activation's range, and a binary/binary01/ternary one's scale, is
+    # fitted to the reference's outputs (search.activation_ranges); "half": M // 2 integer bits
+    # and scale 1 whatever the layer
     activation_range: Literal["calibrated", "half"] = "calibrated"
 
     def __post_init__(self) -> None:

@@ -295,6 +295,43 @@ def test_fixed_activations_train_with_ranges_calibrated_on_the_reference(tiny_re
     assert attrs["activation_ranges"] == {n: {"4": i} for n, i in calibrated.items()}
 
 
+def test_ternary_activations_train_with_calibrated_scales(tiny_reference: Path, tmp_path: Path) -> None:
+    import keras
+
+    from search.quantizers import qkeras_custom_objects
+
+    config = make(tiny_reference, tmp_path / "results", {"search": {"activation": ["ternary"], "trials": 1}})
+    run = SearchRun(config, progress=False)
+    run.run()
+    scales = {name: keys["ternary"] for name, keys in run.activation_ranges.bits.items()}
+    assert set(scales) == {"conv1", "conv2"}
+    (record,) = records_of(config)
+    assert record.state == "complete"
+    trained = keras.models.load_model(record.artifacts["keras"].path, custom_objects=qkeras_custom_objects(),
+                                      compile=False)  # fmt: skip
+    for name, exponent in scales.items():
+        assert record.layers[name]["activation"] == f"ternary(2^{exponent})"
+        # after the ReLU only the {0, +scale} half is left: a step of height 2^c
+        assert float(trained.get_layer(name).activation.alpha) == 2.0**exponent
+    attrs = open_study(config, Path(config.results_dir)).user_attrs
+    assert attrs["activation_ranges"] == {n: {"ternary": c} for n, c in scales.items()}
+    assert attrs["activation_range_kinds"] == ["fixed", "binary", "binary01", "ternary"]
+
+
+def test_a_study_saved_before_ternary_was_calibrated_keeps_scale_one(tiny_reference: Path, tmp_path: Path) -> None:
+    config = make(tiny_reference, tmp_path / "results", {"search": {"activation": ["ternary"], "trials": 2}})
+    storage = search_loop.study_storage_url(Path(config.results_dir))
+    Path(config.results_dir).mkdir(parents=True)
+    older = optuna.create_study(study_name=config.study, storage=storage, directions=config.directions)
+    for key, value in {"objectives": list(config.objectives), "activation_range": "calibrated",
+                       "activation_ranges": {}}.items():  # fmt: skip
+        older.set_user_attr(key, value)  # all a harness that calibrated fixed(M) only stored
+    SearchRun(config, progress=False).run()
+    assert {r.layers["conv1"]["activation"] for r in records_of(config)} == {"ternary"}
+    attrs = open_study(config, Path(config.results_dir)).user_attrs
+    assert attrs["activation_range_kinds"] == ["fixed"] and attrs["activation_ranges"] == {}
+
+
 def test_activation_range_half_keeps_the_configured_names(tiny_reference: Path, tmp_path: Path) -> None:
     half = merged(FIXED4_ACTIVATIONS, {"search": {"activation_range": "half"}})
     config = make(tiny_reference, tmp_path / "results", half)

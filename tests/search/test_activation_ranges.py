@@ -1,4 +1,5 @@
-"""search.activation_ranges: least-squared-error fixed-point ranges from the reference."""
+"""search.activation_ranges: least-squared-error fixed-point ranges and binary/ternary scales
+from the reference."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from search.activation_ranges import ActivationRanges, calibrate
+from search.activation_ranges import ActivationRanges, _best_exponent, calibrate
 from search.candidate import CandidateSpec, LayerChoice
-from search.quantizers import MIN_INTEGER_BITS, Scheme, parse_scheme
+from search.quantizers import MAX_SCALE_EXPONENT, MIN_INTEGER_BITS, MIN_SCALE_EXPONENT, Scheme, parse_scheme
 from search.space import build_space
 from search.space_options import SpaceOptions
 
@@ -17,7 +18,7 @@ WIDTHS = (2, 4, 8)
 
 
 def _scaled_model() -> keras.Model:
-    """``small`` (ReLU) outputs stay below ~0.3, ``large`` (linear) spans about +-6."""
+    """``small`` (ReLU) outputs stay below ~0.3, ``large`` (linear) spans about +-2."""
     inputs = keras.Input((16,), name="input")
     small = L.Dense(8, activation="relu", name="small")(inputs)
     large = L.Dense(8, name="large")(small)
@@ -41,6 +42,14 @@ def _samples() -> np.ndarray:
 def _outputs(model: keras.Model, name: str) -> np.ndarray:
     probe = keras.Model(model.inputs, model.get_layer(name).output)
     return np.asarray(probe.predict(_samples(), verbose=0)).ravel()
+
+
+def _pre_activation(model: keras.Model, name: str) -> np.ndarray:
+    """What a quantizer that replaces the layer's ReLU sees (the ReLU's input)."""
+    layer = model.get_layer(name)
+    kernel, bias = layer.get_weights()
+    probe = keras.Model(model.inputs, layer.input)
+    return (np.asarray(probe.predict(_samples(), verbose=0)) @ kernel + bias).ravel().astype("float32")
 
 
 def _error(values: np.ndarray, width: int, integer: int, after_relu: bool) -> float:
@@ -79,17 +88,37 @@ def test_the_output_layer_and_non_fixed_schemes_are_not_calibrated() -> None:
     space = _space(model, activation=("fixed(4)", "fixed(6,2)", "binary", "po2(4)", "float32"))
     ranges = calibrate(model, space, _samples())
     assert set(ranges.bits) == {"small", "large"}  # "out" feeds the softmax: float only
-    assert all(set(widths) == {4} for widths in ranges.bits.values())  # fixed(6,2) is the user's
+    # fixed(6,2) is the user's; po2's exponent range cannot move
+    assert all(set(keys) == {4, "binary"} for keys in ranges.bits.values())
 
 
-def test_resolve_sets_uncalibrated_fixed_activations_and_keeps_everything_else() -> None:
-    ranges = ActivationRanges({"a": {4: -1, 8: 2}, "b": {4: 1}})
+@pytest.mark.parametrize("kind", ["binary", "binary01", "ternary"])
+def test_binary_kinds_get_the_scale_with_the_least_error_judged_on_the_pre_activation(kind: str) -> None:
+    model = _scaled_model()
+    ranges = calibrate(model, _space(model, activation=(kind, "fixed(4)")), _samples())
+    for name, after_relu in (("small", True), ("large", False)):
+        pre = _pre_activation(model, name)
+        target = np.maximum(pre, 0) if after_relu else pre
+        errors = {}
+        for c in range(MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT + 1):
+            quantizer = Scheme(kind, 2 if kind == "ternary" else 1, scale_exponent=c).activation_quantizer(after_relu)
+            errors[c] = float(np.mean((np.asarray(quantizer(pre)) - target) ** 2))
+        chosen = ranges.bits[name][kind]
+        assert errors[chosen] == pytest.approx(min(errors.values())), (name, chosen)
+    # "small" outputs average 0.04 where positive: qkeras' own scale of 1 fits it badly
+    assert ranges.bits["small"][kind] < min(0, ranges.bits["large"][kind])
+
+
+def test_resolve_sets_uncalibrated_activations_and_keeps_everything_else() -> None:
+    ranges = ActivationRanges({"a": {4: -1, 8: 2}, "b": {4: 1, "ternary": 3}, "d": {"ternary": -2}})
     f8, binary = parse_scheme("fixed(8)"), parse_scheme("binary")
     spec = CandidateSpec(
         (
             ("a", LayerChoice(f8, f8, parse_scheme("fixed(4)"), 3)),
             ("b", LayerChoice(binary, f8, parse_scheme("fixed(4,3)"), 5)),
             ("c", LayerChoice(f8, f8, parse_scheme("fixed(4)"), 2)),
+            ("d", LayerChoice(parse_scheme("ternary"), f8, parse_scheme("ternary"), 2)),
+            ("e", LayerChoice(f8, f8, parse_scheme("ternary(2^1)"), 2)),
         ),
         label="int8",
     )
@@ -98,6 +127,9 @@ def test_resolve_sets_uncalibrated_fixed_activations_and_keeps_everything_else()
     assert resolved["a"] == LayerChoice(f8, f8, Scheme("fixed", 4, -1), 3)
     assert resolved["b"] == spec["b"]  # the user's own fixed(M,I) wins
     assert resolved["c"] == spec["c"]  # not calibrated: left as it was
+    # the activation gets its scale; a ternary kernel keeps its learned per-channel one
+    assert resolved["d"] == LayerChoice(parse_scheme("ternary"), f8, parse_scheme("ternary(2^-2)"), 2)
+    assert resolved["e"] == spec["e"]  # the user's own scale wins
     assert resolved.key != spec.key  # a different grid is a different candidate
     assert ActivationRanges().resolve(spec) == spec
 
@@ -119,18 +151,18 @@ def _least_error(values: np.ndarray, width: int, after_relu: bool) -> float:
     ids=["ones", "just-below-one", "signed-power-of-two-peak", "laplace-2-bit", "tiny", "32-bit"],
 )
 def test_best_range_is_found_where_the_peak_gives_no_hint(values, after_relu: bool, width: int) -> None:
-    from search.activation_ranges import _best_integer_bits
-
     values = values.astype("float32")
-    chosen = _best_integer_bits(values, width, after_relu)
+    chosen = _best_exponent(values, Scheme("fixed", width), after_relu)
     assert _error(values, width, chosen, after_relu) == pytest.approx(_least_error(values, width, after_relu))
     assert np.isfinite(_least_error(values, width, after_relu))
 
 
 def test_all_zero_outputs_get_a_range_and_non_finite_outputs_name_the_layer() -> None:
-    from search.activation_ranges import ActivationRangeError, _best_integer_bits
+    from search.activation_ranges import ActivationRangeError
 
-    assert MIN_INTEGER_BITS <= _best_integer_bits(np.zeros(16, "float32"), 4, True) < 4
+    zeros = np.zeros(16, "float32")
+    assert MIN_INTEGER_BITS <= _best_exponent(zeros, Scheme("fixed", 4), True) < 4
+    assert _best_exponent(zeros, Scheme("binary01", 1), True) == 0  # not 2^16: a dead layer may wake
     model = _scaled_model()
     weights = model.get_layer("large").get_weights()
     model.get_layer("large").set_weights([weights[0] * np.inf, weights[1]])
@@ -139,6 +171,8 @@ def test_all_zero_outputs_get_a_range_and_non_finite_outputs_name_the_layer() ->
 
 
 def test_ranges_round_trip_through_their_study_attribute_form() -> None:
-    ranges = ActivationRanges({"a": {4: -1, 8: 2}})
-    assert ranges.to_dict() == {"a": {"4": -1, "8": 2}}
+    ranges = ActivationRanges({"a": {4: -1, 8: 2, "ternary": -3}})
+    assert ranges.to_dict() == {"a": {"4": -1, "8": 2, "ternary": -3}}
     assert ActivationRanges.from_dict(ranges.to_dict()) == ranges
+    assert ranges.without_kinds({"binary", "ternary"}) == ActivationRanges({"a": {4: -1, 8: 2}})
+    assert ranges.without_kinds({"fixed"}) == ActivationRanges({"a": {"ternary": -3}})

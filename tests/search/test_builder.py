@@ -348,6 +348,27 @@ def test_candidate_saves_and_loads_with_the_qkeras_custom_objects(tmp_path: obje
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(candidate(x)))
 
 
+def test_fixed_scales_32_bit_and_negative_range_activations_survive_saving(tmp_path: object) -> None:
+    """The quantizers qkeras needs float arguments for (2^c, 2^-I, 2^32) read back the same."""
+    from dataclasses import replace
+
+    reference = models.residual()
+    space = build_space(reference)
+    spec = space.spec_from_params({name: values[1] for name, values in space.distributions().items()})
+    activations = ["ternary(2^-2)", "binary01(2^-1)", "fixed(32,3)", "fixed(4,-2)", "binary(2^1)"]
+    spec = CandidateSpec(tuple(
+        (name, replace(choice, activation=parse_scheme(activations[i % len(activations)])))
+        for i, (name, choice) in enumerate(spec)
+    ))  # fmt: skip
+    candidate = build_candidate(reference, space, spec)
+    path = f"{tmp_path}/candidate.keras"
+    candidate.save(path)
+    loaded = keras.models.load_model(path, custom_objects=qkeras_custom_objects())
+    x = models.inputs_for(reference)
+    assert np.all(np.isfinite(np.asarray(candidate(x))))
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(candidate(x)))
+
+
 # ---------------------------------------------------------------- known bugs
 
 

@@ -70,7 +70,9 @@ def test_unknown_quantizer_error_is_a_value_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["fixed(2)", "fixed(32)", "fixed(4,3)", "fixed(4,0)", "fixed(4,-1)", "fixed(2,-16)", "po2(2)", "po2(8)"]
+    "text",
+    ["fixed(2)", "fixed(32)", "fixed(4,3)", "fixed(4,0)", "fixed(4,-1)", "fixed(2,-16)", "po2(2)", "po2(8)",
+     "binary(2^-16)", "binary01(2^16)", "ternary(2^0)", "ternary(2^-3)"],  # fmt: skip
 )
 def test_bit_range_limits_are_accepted(text: str) -> None:
     assert parse_scheme(text).name == text
@@ -87,6 +89,8 @@ def test_bit_range_limits_are_accepted(text: str) -> None:
         ("fixed(4,4)", "I must be between -16 and M-1"),
         ("fixed(4,9)", "I must be between -16 and M-1"),
         ("fixed(4,-17)", "I must be between -16 and M-1"),
+        ("ternary(2^-17)", "c must be between -16 and 16"),
+        ("binary(2^17)", "c must be between -16 and 16"),
     ],
 )
 def test_bit_range_validation(text: str, fragment: str) -> None:
@@ -100,7 +104,9 @@ def test_float_widths_other_than_16_and_32_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [("binary", 3), ("ternary", 8), ("po2", 4, 2), ("float", 16, 3), ("int", 4)]
+    "args",
+    [("binary", 3), ("ternary", 8), ("po2", 4, 2), ("float", 16, 3), ("int", 4),
+     ("fixed", 4, None, -2), ("po2", 4, None, 1), ("float", 32, None, 0)],  # fmt: skip
 )
 def test_scheme_constructor_refuses_what_its_name_cannot_express(args: tuple) -> None:
     with pytest.raises(UnknownQuantizerError):
@@ -274,6 +280,47 @@ def test_32_bit_fixed_activation_is_finite_and_exact_to_float32(after_relu: bool
     assert np.all(np.isfinite(values))
     expected = np.maximum(inputs, 0.0) if after_relu else inputs
     np.testing.assert_allclose(values, expected, atol=1e-6)
+
+
+def test_scaled_grammar_tolerates_spaces_and_a_plus_sign_and_names_itself_canonically() -> None:
+    assert parse_scheme(" Ternary( 2 ^ +2 ) ") == Scheme("ternary", 2, scale_exponent=2)
+    assert parse_scheme("binary01(2^-3)").name == "binary01(2^-3)"
+    assert parse_scheme("binary01(2^-3)") != parse_scheme("binary01")  # a different candidate
+    with pytest.raises(UnknownQuantizerError, match=r"ternary\(2\^-3\)"):
+        parse_scheme("ternary(-3)")  # the bare exponent is not the grammar: 2^c is spelled out
+
+
+@pytest.mark.parametrize(
+    ("text", "after_relu", "levels"),
+    [
+        ("binary(2^-2)", False, [-0.25, 0.25]),
+        ("binary(2^-2)", True, [0.0, 0.25]),
+        ("binary01(2^1)", False, [0.0, 2.0]),
+        ("ternary(2^-3)", False, [-0.125, 0.0, 0.125]),
+        ("ternary(2^-3)", True, [0.0, 0.125]),
+        ("ternary", False, [-1.0, 0.0, 1.0]),
+        ("binary01", True, [0.0, 1.0]),
+    ],
+)
+def test_scaled_activation_levels_are_the_fixed_scale(text: str, after_relu: bool, levels: list[float]) -> None:
+    quantizer = parse_scheme(text).activation_quantizer(after_relu)
+    values = np.asarray(quantizer(tf.constant(np.linspace(-4, 4, 8001).astype("float32"))))
+    assert sorted(np.unique(values).tolist()) == levels
+
+
+def test_fixed_scale_ternary_rounds_to_the_nearest_level() -> None:
+    """Its dead band is half the scale (qkeras' default threshold, 0.33, suits scale 1 only)."""
+    inputs = np.array([-0.2, -0.13, -0.12, 0.0, 0.12, 0.13, 0.2], "float32")
+    values = np.asarray(parse_scheme("ternary(2^-2)").activation_quantizer(False)(tf.constant(inputs)))
+    assert values.tolist() == [-0.25, -0.25, 0.0, 0.0, 0.0, 0.25, 0.25]
+
+
+def test_fixed_scale_replaces_the_learned_per_channel_scale_of_a_kernel() -> None:
+    kernel = tf.constant(np.random.default_rng(0).normal(0, 3, (3, 3, 4, 8)).astype("float32"))
+    learned = np.abs(np.asarray(parse_scheme("binary").weight_quantizer()(kernel)))
+    fixed = np.asarray(parse_scheme("binary(2^-1)").weight_quantizer()(kernel))
+    assert np.unique(np.abs(fixed)).tolist() == [0.5]
+    assert not np.allclose(learned, 0.5)  # the learned scale follows the weights' magnitude
 
 
 def test_qkeras_custom_objects_names_the_layers_and_quantizers_the_builder_uses() -> None:
