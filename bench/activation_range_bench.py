@@ -4,20 +4,24 @@ What it answers: does calibrating each ``fixed(M)`` activation's range on the re
 (``[search] activation_range = "calibrated"``, :mod:`search.activation_ranges`) change the
 accuracy a candidate reaches under the search's proxy training, and by how much? A search
 benchmark cannot say: two searches with different settings propose different candidates, and
-one seed's best pick moves by points from noise alone.
+one seed's best pick moves by points from noise alone. ``--activation binary01 ternary`` (any
+activation schemes) asks the same of the power-of-two scale calibrated for ``binary``,
+``binary01`` and ``ternary`` activations against qkeras' scale of 1; such a run has its own
+pairs and its own section of RESULTS.md.
 
 For each seed, a random sampler (seeded) proposes candidates from the harness's default search
 space around the document-000 reference trained with that seed; each candidate is built,
 proxy-trained, lowered and verified twice through the harness's own
-:class:`harness.evaluate.CandidateEvaluator`, once as sampled (M/2 integer bits) and once with
-the calibrated ranges, with the same weights, data order and seed. Candidates without a
-``fixed(M)`` activation are the same either way and are counted, not trained. Nothing is
+:class:`harness.evaluate.CandidateEvaluator`, once as sampled (M/2 integer bits, scale 1) and
+once with the calibrated ranges, with the same weights, data order and seed. Candidates without
+a calibrated activation are the same either way and are counted, not trained. Nothing is
 measured on a device: accuracy is the point, and the energy estimate does not depend on the
 range.
 
     .venv/bin/python -m bench.activation_range_bench                 # 3 seeds x 16 candidates
     .venv/bin/python -m bench.activation_range_bench --seeds 1 --candidates 4   # smoke
     .venv/bin/python -m bench.activation_range_bench --report-only
+    .venv/bin/python -m bench.activation_range_bench --activation binary binary01 ternary
 
 Each pair is appended to ``bench/_runs/activation-range-bench/pairs.jsonl`` as soon as it is
 trained (a killed run resumes after the last pair); the section between
@@ -66,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=BENCH_DIR / "_runs" / "activation-range-bench")
     p.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
     p.add_argument("--report-only", action="store_true", help="train nothing; report the stored pairs")
+    p.add_argument("--activation", nargs="+", default=None,
+                   help="the space's activation schemes (default: the harness's)")
     return p.parse_args(argv)
 
 
@@ -73,17 +79,33 @@ def mapping_for(args: argparse.Namespace, seed: int) -> dict:
     data = {"dataset": args.dataset}
     if args.dataset == "fashion-mnist" and Path(FASHION_PATH).is_dir():
         data["path"] = FASHION_PATH
+    search = {"study": f"pairs-s{seed}", "seed": seed, "results_dir": str(run_dir_of(args, seed))}
+    if args.activation:
+        search["activation"] = list(args.activation)
     return {
         "reference": {"model": "example"},
         "data": data,
-        "search": {"study": f"pairs-s{seed}", "seed": seed, "results_dir": str(args.runs_dir / f"s{seed}")},
+        "search": search,
         "training": {"epochs": args.epochs, "data_fraction": args.data_fraction},
         "measure": {"devices": ["local"]},
     }
 
 
 def settings_of(args: argparse.Namespace) -> dict:
-    return {"dataset": args.dataset, "epochs": args.epochs, "data_fraction": args.data_fraction}
+    settings = {"dataset": args.dataset, "epochs": args.epochs, "data_fraction": args.data_fraction}
+    if args.activation:  # (absent for the default space: pairs stored before the option stay valid)
+        settings["activation"] = list(args.activation)
+    return settings
+
+
+def section_of(args: argparse.Namespace) -> str:
+    """RESULTS.md section: one per activation set, so a binary-scale run keeps the fixed one."""
+    return SECTION if not args.activation else f"{SECTION}-{'-'.join(args.activation)}"
+
+
+def run_dir_of(args: argparse.Namespace, seed: int) -> Path:
+    tag = "" if not args.activation else "-" + "-".join(args.activation)
+    return args.runs_dir / f"s{seed}{tag}"
 
 
 def load_pairs(path: Path) -> list[dict]:
@@ -126,7 +148,7 @@ def run_seed(args: argparse.Namespace, seed: int, done: set[tuple[int, int]], pa
                 continue
             model, cost, _ = evaluator.build(spec)
             started = time.perf_counter()
-            outcome = evaluator.train_and_lower(spec, model, cost, args.runs_dir / f"s{seed}" / f"{index:03d}-{mode}")
+            outcome = evaluator.train_and_lower(spec, model, cost, run_dir_of(args, seed) / f"{index:03d}-{mode}")
             row[mode] = {"keras": outcome.keras_accuracy, "tflite": outcome.tflite_accuracy,
                          "seconds": round(time.perf_counter() - started, 2)}
             row["energy_x_int8"] = cost.energy_pj / int8_energy
@@ -150,8 +172,10 @@ def _summary(diffs: list[float]) -> str:
 def report(args: argparse.Namespace, pairs: list[dict], machine: dict, started: str, wall_s: float) -> str:
     pairs = [p for p in pairs if p.get("settings") == settings_of(args) and p["seed"] in args.seeds]
     changed = [p for p in pairs if p["changed"]]
+    activations = "the harness's default" if not args.activation else ", ".join(f"`{a}`" for a in args.activation)
     lines = [
-        "## Activation ranges: calibrated vs M/2 integer bits, paired",
+        "## Activation ranges: calibrated vs M/2 integer bits, paired"
+        + ("" if not args.activation else f" ({', '.join(args.activation)} activations)"),
         "",
         "Written by `bench/activation_range_bench.py`; do not edit by hand (rerun the script).",
         "",
@@ -161,18 +185,21 @@ def report(args: argparse.Namespace, pairs: list[dict], machine: dict, started: 
         f"- Packages: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
         f"- Command: `.venv/bin/python -m bench.activation_range_bench --seeds {' '.join(map(str, args.seeds))} "
         f"--candidates {args.candidates} --dataset {args.dataset} --epochs {args.epochs} "
-        f"--data-fraction {args.data_fraction}`",
+        f"--data-fraction {args.data_fraction}"
+        + ("" if not args.activation else f" --activation {' '.join(args.activation)}") + "`",
         "",
         f"Protocol: per seed, the document-000 reference trained on `{args.dataset}` with that seed (the "
         "search bench's references) and candidates proposed by Optuna's RandomSampler (seed 1000 + seed) "
-        "from the harness's default search space; each candidate proxy-trained "
+        f"from the harness's default search space with {activations} activation schemes; each candidate "
+        "proxy-trained "
         f"({args.epochs} epoch(s) on {100 * args.data_fraction:g} % of the training split, the search "
         "bench's budget) twice through the harness's evaluator, once as sampled (`fixed(M)` = M/2 integer "
-        "bits) and once with the ranges calibrated on the reference, same weights, data order and seed. "
+        "bits; binary, binary01 and ternary at scale 1) and once with the ranges and scales calibrated on "
+        "the reference, same weights, data order and seed. "
         "Accuracy on the validation split, in points (difference calibrated − M/2; ± is a 95 % normal "
         "interval of the mean).",
         "",
-        f"Pairs: {len(pairs)} candidates, {len(changed)} with at least one `fixed(M)` activation "
+        f"Pairs: {len(pairs)} candidates, {len(changed)} with at least one calibrated activation "
         f"(the others train identically and are left out below).",
         "",
         "| seed | pairs | .tflite Δ mean (pts) | median | better / worse | range "
@@ -215,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if not pairs:
         log.error("no pairs in %s", pairs_file)
         return 1
-    write_section(args.output, SECTION, report(args, pairs, machine, started, time.perf_counter() - t0))
+    write_section(args.output, section_of(args), report(args, pairs, machine, started, time.perf_counter() - t0))
     log.info("wrote %s", args.output)
     return 0
 
