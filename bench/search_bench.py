@@ -614,8 +614,8 @@ def write_report(args, runs: list[dict], machine: dict, started: str, bench_wall
         add(f"- Search space (harness defaults unless `--config`): kernel {space['kernel']}, bias {space['bias']}, "
             f"activation {space['activation']}, multipliers {space['multipliers']}, size mode {space['size_mode']}, "
             f"rules {space['rules'] or 'none'}, activation ranges {space.get('activation_range', 'half')} "
-            "(`calibrated`: each `fixed(M)` activation's binary point fitted to the reference's outputs; "
-            "`half`: M/2 integer bits)")
+            "(`calibrated`: each `fixed(M)` activation's binary point, and a binary/binary01/ternary one's "
+            "scale, fitted to the reference's outputs; `half`: M/2 integer bits, scale 1)")
         add("- Note: with `reference.model = \"example\"` the harness trains the reference with the search's "
             "seed, so each seed searches around its own (equally trained) reference model.")
     add("")

@@ -235,7 +235,11 @@ class SearchRun:
         activations were calibrated keeps them at qkeras' scale of 1)."""
         attrs = study.user_attrs
         saved = ActivationRanges.from_dict(attrs.get("activation_ranges", {}))
-        kinds = attrs.get("activation_range_kinds", ["fixed"] if "activation_ranges" in attrs else CALIBRATED_KINDS)
+        kinds = attrs.get("activation_range_kinds")
+        if kinds is None:  # a new study, or one saved before the kinds were recorded (fixed only)
+            kinds = ["fixed"] if "activation_ranges" in attrs else list(CALIBRATED_KINDS)
+            # first: a process that reads the study between these two writes must not take it for an old one
+            study.set_user_attr("activation_range_kinds", kinds)
         fresh = self.activation_ranges.without_kinds(set(CALIBRATED_KINDS) - set(kinds)).bits
         merged = {name: {**fresh.get(name, {}), **saved.bits.get(name, {})} for name in {*fresh, *saved.bits}}
         merged = {name: ranges for name, ranges in merged.items() if ranges}
@@ -243,7 +247,6 @@ class SearchRun:
             log.info("activation ranges: keeping the study's saved ranges over a recalibration that differs")
         self.activation_ranges = ActivationRanges(merged)
         study.set_user_attr("activation_ranges", self.activation_ranges.to_dict())
-        study.set_user_attr("activation_range_kinds", list(kinds))
 
     def _drain(self, study, store, pending: list[_Pending], bar) -> None:
         """Finish every pending trial (measurements under way are kept, even on Ctrl-C); one

@@ -16,7 +16,9 @@ grid keeps its M bits, only its binary point moves. The reference is a prior for
 
 ``binary``, ``binary01`` and ``ternary`` activations have the same problem at one level: qkeras
 gives them a scale of 1, so after a ReLU a ``binary01`` layer outputs 1 wherever the reference
-output 0.04-0.2. They get the power-of-two scale 2^c with the least squared error the same way.
+output 0.04-0.2. They get the power-of-two scale 2^c with the least squared error the same way,
+and with it round to their nearest level instead of qkeras' step at 0
+(:meth:`search.quantizers.Scheme.activation_quantizer`).
 
 The chosen I (or c) is written into the candidate's spec (``fixed(4)`` becomes e.g.
 ``fixed(4,-1)``, ``ternary`` e.g. ``ternary(2^-3)``), so records, keys and reports name the grid
@@ -105,7 +107,7 @@ def calibrate(reference: keras.Model, space: SearchSpace, samples: np.ndarray) -
         ActivationRangeError: a layer of the reference outputs NaN or infinity on the samples.
     """
     rng = np.random.default_rng(0)
-    bits: dict[str, dict[int, int]] = {}
+    bits: dict[str, dict[RangeKey, int]] = {}
     for slot in space.slots:
         schemes = {_range_key(s): s for s in slot.activation_schemes if _calibratable(s)}
         if not schemes:
@@ -149,8 +151,9 @@ def _best_exponent(values: np.ndarray, scheme: Scheme, after_relu: bool) -> int:
     """The exponent with the least squared error between the quantized and the reference's
     outputs: I in [MIN_INTEGER_BITS, M - 1] for ``fixed(M)``, c in [MIN_SCALE_EXPONENT,
     MAX_SCALE_EXPONENT] for a 2^c scale. Ties go to the wider fixed range (it clips less on
-    inputs the samples did not cover) and to the scale nearest qkeras' 1 (a layer whose
-    outputs are all 0 ties everywhere; a huge scale would blow up once QAT wakes it).
+    inputs the samples did not cover) and to the scale nearest qkeras' 1. A layer whose outputs
+    are all 0 keeps qkeras' scale of 1: any scale fits it, or the least does (a binary's ±2^c),
+    and a scale of 2^-16 or 2^16 would stall or blow up once QAT wakes the layer.
 
     Every exponent is tried: the error is not unimodal in I, and the best range may clip (low
     widths) or sit above the peak (a grid's top is one step below 2^I).
@@ -162,6 +165,8 @@ def _best_exponent(values: np.ndarray, scheme: Scheme, after_relu: bool) -> int:
     inputs = np.where(values > 0, values, np.float32(-1)) if after_relu else values
     if scheme.kind == "fixed":
         exponents = range(scheme.bits - 1, MIN_INTEGER_BITS - 1, -1)
+    elif not np.any(values):
+        return 0
     else:
         exponents = sorted(range(MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT + 1), key=abs)
     best, best_error = 0, math.inf

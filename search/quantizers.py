@@ -9,7 +9,7 @@ name            values                                      bits
 ``binary``      {-1, +1} x power-of-two scale               1
 ``binary01``    {0, 1} x power-of-two scale (modified bin.)  1
 ``ternary``     {-1, 0, +1} x power-of-two scale            2
-``ternary(2^c)``  same, the scale fixed at 2^c              2
+``binary(2^c)`` any of the three, the scale fixed at 2^c    1-2
 ``po2(E)``      +-2^k, k from an (E-1)-bit exponent         E
 ``fixed(M)``    M-bit two's-complement grid                 M
 ``fixed(M,I)``  same, I of the M bits left of the point     M
@@ -20,9 +20,11 @@ name            values                                      bits
 Training uses qkeras-v3 quantizers (straight-through estimators). Weight quantizers get a
 per-channel power-of-two scale (``alpha="auto_po2"``): that is the constant exponent ``c`` of
 document 000's bit tuples. Activations and biases have no learned scale: ``binary``,
-``binary01`` and ``ternary`` ones are ±1 unless written with a fixed scale, ``binary(2^c)``
-etc. (any of the three; for a kernel the fixed scale replaces the per-channel one), which the
-search's activation-range calibration fills in (:mod:`search.activation_ranges`).
+``binary01`` and ``ternary`` ones have qkeras' scale of 1 unless written with a fixed scale,
+``binary(2^c)``, ``binary01(2^c)`` or ``ternary(2^c)`` (for a kernel the fixed scale replaces the
+per-channel one), which the search's activation-range calibration fills in
+(:mod:`search.activation_ranges`). A fixed-scale activation rounds to its nearest level; an
+unscaled one after a ReLU (and ``binary01`` anywhere) is qkeras' step at 0.
 
 Every scheme of at most 8 bits lowers to an int8 TFLite kernel (:attr:`Scheme.lowers_to_int8`),
 but only the binary and ternary grids keep their exact values there
@@ -188,34 +190,30 @@ class Scheme:
 
     def activation_quantizer(self, after_relu: bool) -> object | None:
         """A QKeras quantizer for a layer output; ``after_relu`` folds the ReLU into it."""
-        from qkeras import quantized_bits, quantized_po2, quantized_relu, quantized_relu_po2
+        from qkeras import quantized_bits, quantized_po2, quantized_relu_po2
 
-        integer = self.activation_integer_bits
         if self.kind in _SCALED_KINDS:
-            # After a ReLU only the {0, +scale} half of binary and ternary can occur: a step at 0
-            # on the layer's pre-activation keeps the ReLU's meaning.
+            if self.scale_exponent is not None and (after_relu or self.kind == "binary01"):
+                # {0, 2^c} rounded to the nearest level (qkeras' binary steps at 0 and sends even
+                # a 0.001 to 2^c): the 1-bit ReLU grid [0, 2^(c+1)) in steps of 2^c
+                return _relu_grid(1, self.scale_exponent + 1)
+            # Unscaled (qkeras' scale 1): after a ReLU only the {0, +1} half of binary and
+            # ternary can occur; a step at 0 on the pre-activation keeps the ReLU's meaning.
             step = replace(self, kind="binary01", bits=1) if after_relu else self
             return step._scaled_quantizer()
         if self.kind == "po2":
             return quantized_relu_po2(self.bits) if after_relu else quantized_po2(self.bits)
         if self.kind == "fixed":
-            if after_relu:
-                # quantized_relu computes 2**integer and 2**bits in integer arithmetic, which
-                # refuses a negative exponent and wraps 2**32 to 0 in int32 (every output NaN);
-                # float exponents give the same grid.
-                return quantized_relu(
-                    self.bits if self.bits < 32 else float(self.bits),
-                    integer if integer >= 0 else float(integer),
-                )
-            return quantized_bits(self.bits, integer, alpha=1)
+            integer = self.activation_integer_bits
+            return _relu_grid(self.bits, integer) if after_relu else quantized_bits(self.bits, integer, alpha=1)
         return None
 
     def _scaled_quantizer(self, learned: str | None = None) -> object:
         """binary, binary01 or ternary with the ``learned`` qkeras scale (``"auto_po2"``), else
-        the fixed 2^c (1 without one); a fixed-scale ternary rounds to its nearest level."""
+        the fixed 2^c (qkeras' 1 without one); a fixed-scale ternary rounds to its nearest level."""
         from qkeras import binary, ternary
 
-        alpha = learned or (1.0 if self.scale_exponent is None else 2.0**self.scale_exponent)
+        alpha = learned or (1 if self.scale_exponent is None else 2.0**self.scale_exponent)
         if self.kind == "ternary":
             threshold = None if learned or self.scale_exponent is None else alpha / 2  # qkeras' default: 0.33
             return ternary(alpha=alpha, threshold=threshold)
@@ -271,6 +269,17 @@ def parse_scheme(text: str) -> Scheme:
         return Scheme("po2", int(match.group("po2")))
     integer = match.group("i")
     return Scheme("fixed", int(match.group("m")), None if integer is None else int(integer))
+
+
+def _relu_grid(bits: int, integer: int) -> object:
+    """qkeras' ``quantized_relu``: [0, 2^integer) in steps of 2^(integer - bits).
+
+    It computes 2**integer and 2**bits in integer arithmetic, which refuses a negative exponent
+    and overflows int32 from 2**31 on (2**32 wraps to 0: every output NaN); float exponents give
+    the same grid."""
+    from qkeras import quantized_relu
+
+    return quantized_relu(bits if bits < 31 else float(bits), integer if integer >= 0 else float(integer))
 
 
 def qkeras_custom_objects() -> dict[str, object]:

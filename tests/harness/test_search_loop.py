@@ -311,25 +311,29 @@ def test_ternary_activations_train_with_calibrated_scales(tiny_reference: Path, 
                                       compile=False)  # fmt: skip
     for name, exponent in scales.items():
         assert record.layers[name]["activation"] == f"ternary(2^{exponent})"
-        # after the ReLU only the {0, +scale} half is left: a step of height 2^c
-        assert float(trained.get_layer(name).activation.alpha) == 2.0**exponent
+        # after the ReLU only the {0, 2^c} half is left: the 1-bit ReLU grid [0, 2^(c+1))
+        quantizer = trained.get_layer(name).activation
+        assert (quantizer.bits, float(quantizer.integer)) == (1, exponent + 1)
     attrs = open_study(config, Path(config.results_dir)).user_attrs
     assert attrs["activation_ranges"] == {n: {"ternary": c} for n, c in scales.items()}
     assert attrs["activation_range_kinds"] == ["fixed", "binary", "binary01", "ternary"]
 
 
 def test_a_study_saved_before_ternary_was_calibrated_keeps_scale_one(tiny_reference: Path, tmp_path: Path) -> None:
-    config = make(tiny_reference, tmp_path / "results", {"search": {"activation": ["ternary"], "trials": 2}})
+    config = make(tiny_reference, tmp_path / "results", {"search": {"activation": ["ternary", "fixed(4)"],
+                                                                     "trials": 6, "sampler": "random"}})  # fmt: skip
     storage = search_loop.study_storage_url(Path(config.results_dir))
     Path(config.results_dir).mkdir(parents=True)
     older = optuna.create_study(study_name=config.study, storage=storage, directions=config.directions)
     for key, value in {"objectives": list(config.objectives), "activation_range": "calibrated",
-                       "activation_ranges": {}}.items():  # fmt: skip
+                       "activation_ranges": {"conv1": {"4": -5}}}.items():  # fmt: skip
         older.set_user_attr(key, value)  # all a harness that calibrated fixed(M) only stored
-    SearchRun(config, progress=False).run()
-    assert {r.layers["conv1"]["activation"] for r in records_of(config)} == {"ternary"}
+    run = SearchRun(config, progress=False)
+    run.run()
+    assert {r.layers["conv1"]["activation"] for r in records_of(config)} == {"ternary", "fixed(4,-5)"}
     attrs = open_study(config, Path(config.results_dir)).user_attrs
-    assert attrs["activation_range_kinds"] == ["fixed"] and attrs["activation_ranges"] == {}
+    assert attrs["activation_range_kinds"] == ["fixed"]
+    assert attrs["activation_ranges"] == {"conv1": {"4": -5}, "conv2": {"4": run.activation_ranges.bits["conv2"][4]}}
 
 
 def test_activation_range_half_keeps_the_configured_names(tiny_reference: Path, tmp_path: Path) -> None:

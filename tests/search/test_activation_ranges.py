@@ -83,13 +83,24 @@ def test_ranges_follow_the_layers_values_and_beat_the_half_width_default(calibra
             assert _error(values, width, ranges.bits[name][width], after_relu) < default, (name, width)
 
 
-def test_the_output_layer_and_non_fixed_schemes_are_not_calibrated() -> None:
+def test_the_output_layer_po2_and_the_users_own_ranges_are_not_calibrated() -> None:
     model = _scaled_model()
     space = _space(model, activation=("fixed(4)", "fixed(6,2)", "binary", "po2(4)", "float32"))
     ranges = calibrate(model, space, _samples())
     assert set(ranges.bits) == {"small", "large"}  # "out" feeds the softmax: float only
     # fixed(6,2) is the user's; po2's exponent range cannot move
     assert all(set(keys) == {4, "binary"} for keys in ranges.bits.values())
+
+
+def _scaled_levels(kind: str, pre: np.ndarray, c: int, after_relu: bool) -> np.ndarray:
+    """What a 2^c-scaled activation should output, written out in numpy (not through qkeras):
+    the nearest level, a ReLU's output having only the {0, 2^c} half."""
+    scale, half = 2.0**c, 2.0 ** (c - 1)
+    if after_relu or kind == "binary01":
+        return np.where(pre >= half, scale, 0.0)
+    if kind == "binary":
+        return np.where(pre >= 0, scale, -scale)
+    return np.sign(pre) * np.where(np.abs(pre) >= half, scale, 0.0)
 
 
 @pytest.mark.parametrize("kind", ["binary", "binary01", "ternary"])
@@ -101,8 +112,7 @@ def test_binary_kinds_get_the_scale_with_the_least_error_judged_on_the_pre_activ
         target = np.maximum(pre, 0) if after_relu else pre
         errors = {}
         for c in range(MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT + 1):
-            quantizer = Scheme(kind, 2 if kind == "ternary" else 1, scale_exponent=c).activation_quantizer(after_relu)
-            errors[c] = float(np.mean((np.asarray(quantizer(pre)) - target) ** 2))
+            errors[c] = float(np.mean((_scaled_levels(kind, pre, c, after_relu) - target) ** 2))
         chosen = ranges.bits[name][kind]
         assert errors[chosen] == pytest.approx(min(errors.values())), (name, chosen)
     # "small" outputs average 0.04 where positive: qkeras' own scale of 1 fits it badly
@@ -162,7 +172,9 @@ def test_all_zero_outputs_get_a_range_and_non_finite_outputs_name_the_layer() ->
 
     zeros = np.zeros(16, "float32")
     assert MIN_INTEGER_BITS <= _best_exponent(zeros, Scheme("fixed", 4), True) < 4
-    assert _best_exponent(zeros, Scheme("binary01", 1), True) == 0  # not 2^16: a dead layer may wake
+    for kind, bits in (("binary", 1), ("binary01", 1), ("ternary", 2)):
+        for after_relu in (True, False):  # not 2^16 or 2^-16: a dead layer may wake
+            assert _best_exponent(zeros, Scheme(kind, bits), after_relu) == 0, (kind, after_relu)
     model = _scaled_model()
     weights = model.get_layer("large").get_weights()
     model.get_layer("large").set_weights([weights[0] * np.inf, weights[1]])

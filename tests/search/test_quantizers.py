@@ -272,14 +272,17 @@ def test_fixed_activation_grid_tops_at_2_pow_i_with_step_2_pow_i_minus_m(integer
     assert values.min() == pytest.approx(0.0 if after_relu else -(2.0**integer))
 
 
+@pytest.mark.parametrize("bits", [31, 32])
 @pytest.mark.parametrize("after_relu", [True, False])
-def test_32_bit_fixed_activation_is_finite_and_exact_to_float32(after_relu: bool) -> None:
-    """qkeras' quantized_relu wraps 2**32 to 0 in int32 and returned NaN for every input."""
+def test_31_and_32_bit_fixed_activations_are_exact_to_float32(bits: int, after_relu: bool) -> None:
+    """qkeras' quantized_relu overflows 2**31 in int32 and wraps 2**32 to 0 (NaN for every input)."""
     inputs = np.linspace(-3, 3, 6001).astype("float32")
-    values = np.asarray(Scheme("fixed", 32, 2).activation_quantizer(after_relu)(tf.constant(inputs)))
+    quantizer = Scheme("fixed", bits, 2).activation_quantizer(after_relu)
+    values = np.asarray(quantizer(tf.constant(inputs)))
     assert np.all(np.isfinite(values))
     expected = np.maximum(inputs, 0.0) if after_relu else inputs
     np.testing.assert_allclose(values, expected, atol=1e-6)
+    assert values.max() <= 3.0 and values.min() >= (0.0 if after_relu else -3.0)
 
 
 def test_scaled_grammar_tolerates_spaces_and_a_plus_sign_and_names_itself_canonically() -> None:
@@ -308,11 +311,40 @@ def test_scaled_activation_levels_are_the_fixed_scale(text: str, after_relu: boo
     assert sorted(np.unique(values).tolist()) == levels
 
 
-def test_fixed_scale_ternary_rounds_to_the_nearest_level() -> None:
-    """Its dead band is half the scale (qkeras' default threshold, 0.33, suits scale 1 only)."""
-    inputs = np.array([-0.2, -0.13, -0.12, 0.0, 0.12, 0.13, 0.2], "float32")
-    values = np.asarray(parse_scheme("ternary(2^-2)").activation_quantizer(False)(tf.constant(inputs)))
-    assert values.tolist() == [-0.25, -0.25, 0.0, 0.0, 0.0, 0.25, 0.25]
+@pytest.mark.parametrize(
+    ("text", "after_relu", "expected"),
+    [
+        ("ternary(2^-2)", False, [-0.25, -0.25, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25]),
+        ("ternary(2^-2)", True, [0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25]),
+        ("binary(2^-2)", True, [0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25]),
+        ("binary01(2^-2)", False, [0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25, 0.25]),
+        ("binary(2^-2)", False, [-0.25, -0.25, -0.25, 0.25, 0.25, 0.25, 0.25, 0.25]),
+    ],
+)
+def test_fixed_scale_activations_round_to_the_nearest_level(text: str, after_relu: bool, expected: list) -> None:
+    """A dead band of half the scale (qkeras' ternary threshold, 0.33, and its binary's step at
+    0, which sends 0.001 to the scale, suit scale 1 only)."""
+    inputs = np.array([-0.2, -0.13, -0.12, 0.0, 0.12, 0.13, 0.2, 9.0], "float32")
+    values = np.asarray(parse_scheme(text).activation_quantizer(after_relu)(tf.constant(inputs)))
+    assert values.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "after_relu", "expected"),
+    [
+        ("ternary", False, [-1.0, 0.0, 0.0, 0.0, 1.0, 1.0]),  # qkeras' threshold 0.33
+        ("ternary", True, [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]),  # a step at 0: the ReLU's {0, 1} half
+        ("binary", True, [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]),
+        ("binary01", False, [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]),
+        ("binary", False, [-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_unscaled_activations_keep_qkeras_own_quantizers(text: str, after_relu: bool, expected: list) -> None:
+    """What the harness trained before scales were calibrated; `activation_range = "half"` keeps it."""
+    inputs = np.array([-0.5, -0.1, 0.0, 0.1, 0.34, 0.5], "float32")
+    quantizer = parse_scheme(text).activation_quantizer(after_relu)
+    assert np.asarray(quantizer(tf.constant(inputs))).tolist() == expected
+    assert quantizer.get_config()["alpha"] == 1  # as qkeras is given it, saved in every .keras
 
 
 def test_fixed_scale_replaces_the_learned_per_channel_scale_of_a_kernel() -> None:
