@@ -139,7 +139,7 @@ def run_seed(args: argparse.Namespace, seed: int, done: set[tuple[int, int]], pa
         if (seed, index) in done:
             continue
         calibrated = ranges.resolve(sampled)
-        row = {"seed": seed, "index": index, "settings": settings_of(args),
+        row = {"seed": seed, "index": index, "settings": settings_of(args), "code": args.code,
                "trained_at": _dt.datetime.now().isoformat(timespec="seconds"), "spec": sampled.summary(),
                "calibrated_spec": calibrated.summary(), "changed": calibrated.key != sampled.key}
         for mode, spec in (("half", sampled), ("calibrated", calibrated)):
@@ -173,15 +173,26 @@ def report(args: argparse.Namespace, pairs: list[dict], machine: dict, started: 
     pairs = [p for p in pairs if p.get("settings") == settings_of(args) and p["seed"] in args.seeds]
     changed = [p for p in pairs if p["changed"]]
     activations = "the harness's default" if not args.activation else ", ".join(f"`{a}`" for a in args.activation)
+    title = ("Activation ranges: calibrated vs M/2 integer bits, paired" if not args.activation else
+             f"Activation ranges and scales: calibrated vs uncalibrated, paired ({', '.join(args.activation)} "
+             "activations)")  # fmt: skip
+    stamps = sorted(p["trained_at"] for p in pairs if "trained_at" in p)
+    trained = f"; pairs trained {stamps[0]} … {stamps[-1]}" if stamps else ""
+    codes = sorted({p["code"] for p in pairs if "code" in p})
+    if codes:
+        trained += f" at commit {', '.join(codes)}"
+    if pairs and not stamps:
+        trained = "; the pairs carry no training time (trained before it was recorded)"
+    elif len(stamps) < len(pairs):
+        trained += f" ({len(pairs) - len(stamps)} earlier pairs carry no time)"
     lines = [
-        "## Activation ranges: calibrated vs M/2 integer bits, paired"
-        + ("" if not args.activation else f" ({', '.join(args.activation)} activations)"),
+        f"## {title}",
         "",
         "Written by `bench/activation_range_bench.py`; do not edit by hand (rerun the script).",
         "",
-        f"- Date: {started}; this invocation took {wall_s:.0f} s (pairs trained earlier are reused)",
+        f"- Date: {started}; this invocation took {wall_s:.0f} s (pairs trained earlier are reused){trained}",
         f"- Machine: nproc {machine['nproc']}, CPU {machine['cpu']}, memory {machine['memory']}, "
-        f"Python {machine['python']}; code: commit {machine['commit']}",
+        f"Python {machine['python']}; code of this invocation: commit {machine['commit']}",
         f"- Packages: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
         f"- Command: `.venv/bin/python -m bench.activation_range_bench --seeds {' '.join(map(str, args.seeds))} "
         f"--candidates {args.candidates} --dataset {args.dataset} --epochs {args.epochs} "
@@ -196,7 +207,7 @@ def report(args: argparse.Namespace, pairs: list[dict], machine: dict, started: 
         "bench's budget) twice through the harness's evaluator, once as sampled (`fixed(M)` = M/2 integer "
         "bits; binary, binary01 and ternary at scale 1) and once with the ranges and scales calibrated on "
         "the reference, same weights, data order and seed. "
-        "Accuracy on the validation split, in points (difference calibrated − M/2; ± is a 95 % normal "
+        "Accuracy on the validation split, in points (difference calibrated − uncalibrated; ± is a 95 % normal "
         "interval of the mean).",
         "",
         f"Pairs: {len(pairs)} candidates, {len(changed)} with at least one calibrated activation "
@@ -232,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     machine = machine_info(("tensorflow-cpu", "keras", "qkeras-v3", "ai-edge-litert"))
+    args.code = machine["commit"]  # stored with each pair: a later --report-only runs other code
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     pairs_file = args.runs_dir / "pairs.jsonl"
     if not args.report_only:
