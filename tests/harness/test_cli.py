@@ -511,10 +511,18 @@ def test_unsupported_layer_is_skipped_with_a_warning(
 # --- measure --------------------------------------------------------------------------------------
 
 
-def test_measure_json_is_one_object(searched: Searched) -> None:
+@pytest.fixture
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`harness measure` keeps device health in ./results by default: not in the repository."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_measure_json_is_one_object(searched: Searched, in_tmp_dir: Path) -> None:
     ok(searched.result)
     model = next((searched.study_dir / "pareto").glob("*.tflite"))
     result = ok(invoke(["measure", model, "--device", "local", "--json", "--min-seconds", "0.05", "--min-runs", "5"]))
+    assert (in_tmp_dir / "results" / "harness.sqlite").is_file()  # the default results directory
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
     data = json.loads(lines[0])
@@ -526,24 +534,24 @@ def test_measure_json_is_one_object(searched: Searched) -> None:
     assert data["window_s"] >= 0.05 and data["threads"] == 1
 
 
-def test_measure_prints_a_line_without_json(searched: Searched) -> None:
+def test_measure_prints_a_line_without_json(searched: Searched, in_tmp_dir: Path) -> None:
     ok(searched.result)
     model = next((searched.study_dir / "pareto").glob("*.tflite"))
     result = ok(invoke(["measure", model, "--min-seconds", "0.05", "--min-runs", "5", "--warmup-runs", "0"]))
     assert result.stdout.startswith("local: latency median ") and "no power meter" in result.stdout
 
 
-def test_measure_missing_file_is_exit_2(tmp_path: Path) -> None:
+def test_measure_missing_file_is_exit_2(tmp_path: Path, in_tmp_dir: Path) -> None:
     assert_input_error(invoke(["measure", tmp_path / "none.tflite", "--json"]), "none.tflite", "no such file")
 
 
-def test_measure_unknown_device_is_exit_2(searched: Searched) -> None:
+def test_measure_unknown_device_is_exit_2(searched: Searched, in_tmp_dir: Path) -> None:
     ok(searched.result)
     model = next((searched.study_dir / "pareto").glob("*.tflite"))
     assert_input_error(invoke(["measure", model, "--device", "pixel9", "--json"]), "pixel9", "not in the inventory")
 
 
-def test_measure_corrupt_model_is_exit_2(tmp_path: Path) -> None:
+def test_measure_corrupt_model_is_exit_2(tmp_path: Path, in_tmp_dir: Path) -> None:
     """Regression: README counts a corrupt model as bad input; this used to exit 1."""
     model = tmp_path / "broken.tflite"
     model.write_bytes(b"not a flatbuffer" * 8)
