@@ -101,7 +101,10 @@ def check_step(window: EnergyWindow, idle_mw: float, active_mw: float, active_s:
     assert abs(window.total_energy_mj - expected_mj) <= active_mw * max_gap_s
     assert abs(error) < 0.02
     assert len(times) >= window.duration_s / (interval_s + 0.1)  # sampled on the device
-    assert window.notes == ()
+    # a gap over the default 3 periods is noted (a busy two-core host delays the device's
+    # sampling loop now and then); the figure in the note is the window's own
+    gap_note = f"largest gap between power samples {max_gap_s:.3f} s (sampling interval {interval_s:.3f} s)"
+    assert window.notes == (() if max_gap_s <= 3 * interval_s else (gap_note,))
 
 
 # --- accuracy ------------------------------------------------------------------------------------
