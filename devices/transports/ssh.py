@@ -242,8 +242,10 @@ class SshTransport(Transport):
                     # A loaded host can take longer than the grace to deliver the tail of a
                     # large output; only silence ends the wait, so nothing still arriving is lost.
                     quiet_since = now if got or quiet_since is None else quiet_since
-                    drained = chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready()
-                    if drained or chan.closed or now - quiet_since > _EOF_GRACE_S:
+                    # Output that arrived with the close after the reads above is still buffered
+                    # (a closed channel keeps it readable): never stop while any is left.
+                    pending = chan.recv_ready() or chan.recv_stderr_ready()
+                    if not pending and (chan.eof_received or chan.closed or now - quiet_since > _EOF_GRACE_S):
                         break
                 elif not t.is_active():
                     raise ConnectionLost(
