@@ -98,14 +98,32 @@ def settings_of(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _activation_tag(args: argparse.Namespace) -> str:
+    """"" for the default space, else e.g. "-binary01-ternary": the run's section and directories."""
+    return "" if not args.activation else "-" + "-".join(args.activation)
+
+
 def section_of(args: argparse.Namespace) -> str:
     """RESULTS.md section: one per activation set, so a binary-scale run keeps the fixed one."""
-    return SECTION if not args.activation else f"{SECTION}-{'-'.join(args.activation)}"
+    return SECTION + _activation_tag(args)
 
 
 def run_dir_of(args: argparse.Namespace, seed: int) -> Path:
-    tag = "" if not args.activation else "-" + "-".join(args.activation)
-    return args.runs_dir / f"s{seed}{tag}"
+    return args.runs_dir / f"s{seed}{_activation_tag(args)}"
+
+
+def _provenance(pairs: list[dict]) -> str:
+    """When, and at which commit, the reported pairs were trained (older pairs recorded neither)."""
+    stamps = sorted(p["trained_at"] for p in pairs if "trained_at" in p)
+    if not stamps:
+        return "; the pairs carry no training time (trained before it was recorded)" if pairs else ""
+    text = f"; pairs trained {stamps[0]} … {stamps[-1]}"
+    codes = sorted({p["code"] for p in pairs if "code" in p})
+    if codes:
+        text += f" at commit {', '.join(codes)}"
+    if len(stamps) < len(pairs):
+        text += f" ({len(pairs) - len(stamps)} earlier pairs carry no time)"
+    return text
 
 
 def load_pairs(path: Path) -> list[dict]:
@@ -176,21 +194,13 @@ def report(args: argparse.Namespace, pairs: list[dict], machine: dict, started: 
     title = ("Activation ranges: calibrated vs M/2 integer bits, paired" if not args.activation else
              f"Activation ranges and scales: calibrated vs uncalibrated, paired ({', '.join(args.activation)} "
              "activations)")  # fmt: skip
-    stamps = sorted(p["trained_at"] for p in pairs if "trained_at" in p)
-    trained = f"; pairs trained {stamps[0]} … {stamps[-1]}" if stamps else ""
-    codes = sorted({p["code"] for p in pairs if "code" in p})
-    if codes:
-        trained += f" at commit {', '.join(codes)}"
-    if pairs and not stamps:
-        trained = "; the pairs carry no training time (trained before it was recorded)"
-    elif len(stamps) < len(pairs):
-        trained += f" ({len(pairs) - len(stamps)} earlier pairs carry no time)"
     lines = [
         f"## {title}",
         "",
         "Written by `bench/activation_range_bench.py`; do not edit by hand (rerun the script).",
         "",
-        f"- Date: {started}; this invocation took {wall_s:.0f} s (pairs trained earlier are reused){trained}",
+        f"- Date: {started}; this invocation took {wall_s:.0f} s (pairs trained earlier are reused)"
+        + _provenance(pairs),
         f"- Machine: nproc {machine['nproc']}, CPU {machine['cpu']}, memory {machine['memory']}, "
         f"Python {machine['python']}; code of this invocation: commit {machine['commit']}",
         f"- Packages: {', '.join(f'{k} {v}' for k, v in machine['versions'].items())}",
