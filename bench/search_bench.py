@@ -174,6 +174,8 @@ def settings_tag(config) -> str:
         # added after the full protocol ran, with the old behaviour as its default: runs made
         # before it keep their name (and are resumed, not redone)
         del rest["training"]["lr_schedule"]
+    if rest.get("groups") is None:
+        rest.pop("groups", None)  # likewise: group search came later, off by default
     return f"e{t.epochs}-f{t.data_fraction:g}-" + _short_hash(json.dumps(rest, sort_keys=True))
 
 

@@ -31,6 +31,7 @@ from typing import Literal
 from devices.base import MeasureSettings
 from devices.energy_protocol import EnergyProtocol
 from harness.errors import InputError
+from search.groups import GroupError, GroupSettings
 from search.quantizers import UnknownQuantizerError, parse_scheme
 from search.samplers import check_sampler_available
 from search.scoring import ForgivingFactor
@@ -107,6 +108,7 @@ class SearchConfig:
     in_flight: int = 2
     input_bits: int = 8
     space: SpaceOptions = field(default_factory=SpaceOptions)
+    groups: GroupSettings | None = None  # [search.groups]: group search by energy (search.groups)
     training: TrainSettings = field(default_factory=TrainSettings)
     constraints: Constraints = field(default_factory=Constraints)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
@@ -245,6 +247,7 @@ def config_from_mapping(
     values["accuracy_from"] = search.get("accuracy_from", str, defaults.accuracy_from)
     values["results_dir"] = search.get("results_dir", str, defaults.results_dir)
     values["space"] = _space_options(search)
+    values["groups"] = _group_settings(search)
     search.finish()
     if values["trials"] < 1 or values["in_flight"] < 1:  # type: ignore[operator]
         raise InputError("[search] trials and in_flight must be >= 1")
@@ -355,6 +358,25 @@ def _energy_protocol(section: _Section) -> EnergyProtocol:
         return EnergyProtocol(**{k: v for k, v in values.items() if v is not None})  # type: ignore[arg-type]
     except ValueError as e:
         raise InputError(f"[energy] {e}") from e
+
+
+def _group_settings(search: _Section) -> GroupSettings | None:
+    """``[search.groups]``: present (even empty) turns group search on."""
+    raw = search.get("groups", dict, None)
+    if raw is None:
+        return None
+    section = _Section(raw, "[search.groups]")
+    defaults = GroupSettings()
+    try:
+        settings = GroupSettings(
+            patterns=section.strings("patterns", None),
+            order=section.get("order", str, defaults.order),  # type: ignore[arg-type]
+            min_trials=section.get("min_trials", int, defaults.min_trials),  # type: ignore[arg-type]
+        )
+    except GroupError as e:
+        raise InputError(f"[search.groups] {e}") from e
+    section.finish()
+    return settings
 
 
 def _space_options(search: _Section) -> SpaceOptions:

@@ -391,3 +391,62 @@ def test_a_resumed_study_keeps_its_saved_ranges(tiny_reference: Path, tmp_path: 
     assert second.layers["conv2"]["activation"] == f"fixed(4,{calibrated['conv2'][4]})"
     saved = open_study(resumed, Path(resumed.results_dir)).user_attrs["activation_ranges"]
     assert saved == {"conv1": {"4": -3}, "conv2": {"4": calibrated["conv2"][4]}}
+
+
+# --- group search by energy (search.groups) ---------------------------------------------------
+
+
+def test_group_search_runs_the_costliest_group_first_then_starts_each_from_the_best(
+    tiny_reference: Path, tmp_path: Path
+) -> None:
+    groups = {"patterns": ["conv.*", "dense"], "min_trials": 3}
+    search = {"study": "groups", "sampler": "random", "trials": 8, "in_flight": 2, "groups": groups}
+    config = make(tiny_reference, tmp_path / "results", {"search": search})
+    run = SearchRun(config, progress=False)
+    summary = run.run()
+    assert summary.finished == 8
+    plan = open_study(config, Path(config.results_dir)).user_attrs["search_groups"]
+    assert [g["name"] for g in plan] == ["conv.*", "dense"]  # the convolutions cost more at int8
+    assert plan[0]["cost_pj"] > plan[1]["cost_pj"] and sum(g["trials"] for g in plan) == 8
+    records = records_of(config)
+    first = plan[0]["trials"]
+    assert [r.params["search_group"] for r in records] == ["conv.*"] * first + ["dense"] * (8 - first)
+
+    int8 = run.space.params_for(run.space.int8_spec())
+    dense_params = set(plan[1]["params"])
+    assert dense_params == {"kernel:dense", "bias:dense"}
+    for record in records[2:first]:  # the first group's proposals keep the dense layer of the int8 candidate
+        assert {p: record.params[p] for p in dense_params} == {p: int8[p] for p in dense_params}
+    # the second group starts from the best first-group candidate by the forgiving factor
+    baseline = records[1].metric_value("energy_mj")
+    best = max((r for r in records[:first] if r.state == "complete"),
+               key=lambda r: (config.score.score(r.metric_value("accuracy"), baseline, r.metric_value("energy_mj")),
+                              -r.trial_number))
+    for record in records[first:]:
+        for name in plan[0]["params"]:
+            assert record.params[name] == best.params[name], (record.trial_number, name)
+
+
+def test_group_search_resumes_in_its_group_from_the_same_start(tiny_reference: Path, tmp_path: Path) -> None:
+    groups = {"patterns": ["conv.*", "dense"], "min_trials": 2}
+    search = {"study": "groups-resume", "sampler": "random", "trials": 4, "in_flight": 1, "groups": groups}
+    config = make(tiny_reference, tmp_path / "results", {"search": search})
+    SearchRun(config, progress=False).run()
+    first = open_study(config, Path(config.results_dir)).user_attrs["search_groups"][0]["trials"]
+    # a second process with a larger budget carries on; the trials already run keep their group
+    SearchRun(config.with_overrides(trials=6), progress=False).run()
+    records = records_of(config)
+    assert len(records) == 6 and [r.params["search_group"] for r in records[:first]] == ["conv.*"] * first
+    dense_trials = [r for r in records if r.params["search_group"] == "dense"]
+    starts = {tuple(r.params[p] for p in ("kernel:conv1", "kernel:conv2", "size:conv1")) for r in dense_trials}
+    assert len(starts) == 1  # one carried candidate for every dense-group trial, in both processes
+
+
+def test_group_search_config_errors_are_one_line_input_errors(tiny_reference: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"\[search.groups\] order 'x': expected 'cost' or 'sequential'"):
+        make(tiny_reference, tmp_path / "results", {"search": {"groups": {"order": "x"}}})
+    with pytest.raises(InputError, match=r"\[search.groups\]: unknown key 'pattern'"):
+        make(tiny_reference, tmp_path / "results", {"search": {"groups": {"pattern": ["x"]}}})
+    config = make(tiny_reference, tmp_path / "results", {"search": {"groups": {"patterns": ["conv1", "fc"]}}})
+    with pytest.raises(InputError, match=r"\[search.groups\] pattern 'fc' matches no quantizable layer"):
+        SearchRun(config, progress=False).run()
