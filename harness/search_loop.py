@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import socket
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from harness.data import Dataset, check_fits, load_dataset
 from harness.errors import HarnessError, InputError
 from harness.evaluate import CandidateEvaluator, HostOutcome
 from harness.fleet_setup import inventory_from, open_devices, open_fleet
+from harness.group_schedule import GroupSchedule
 from harness.host_gate import HostCpuGate
 from harness.objectives import (
     apply_fleet_result,
@@ -63,7 +63,6 @@ from search.activation_ranges import calibrate as calibrate_activation_ranges
 from search.candidate import CandidateSpec
 from search.estimates import estimate
 from search.graph import GraphError
-from search.groups import GroupError, LayerGroup, group_at, plan_groups
 from search.samplers import make_pruner, make_sampler
 from search.space import SearchSpace, SpaceError, build_space
 
@@ -173,8 +172,7 @@ class SearchRun:
         self._calibrations: dict[str, Calibration] = {}  # the pre-screen's, by device class
         self._fronts: dict[str, list[FrontPoint]] = {}
         self._measured_since_fit = 0
-        self._groups: tuple[LayerGroup, ...] = ()  # group search by energy, when configured
-        self._group_index: int | None = None
+        self._schedule: GroupSchedule | None = None  # group search by energy, when configured
 
     @cached_property
     def activation_ranges(self) -> ActivationRanges:
@@ -191,14 +189,17 @@ class SearchRun:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> SearchSummary:
         self.activation_ranges  # noqa: B018 - calibrate (or fail on the reference) before writing anything
+        if self.config.groups is not None:
+            self._schedule = self._plan_groups()  # a plan that cannot work fails before the study exists
         self.study_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(self.config, self.results_dir)
         self._keep_activation_ranges(study)
         with ResultsStore(self.results_dir / "harness.sqlite") as store:
             self._recover(study, store)
             self._seed(study)
-            if self.config.groups is not None:
-                self._groups = self._plan_groups(study)
+            if self._schedule is not None:
+                self._schedule.adopt(study)
+                self._base_sampler = study.sampler
             if self.config.measure.prescreen:
                 self._refit(store)  # a resumed study pre-screens from its first new trial
             self.fleet, lease_store = open_fleet(self.devices, self.results_dir, self.config.measure)
@@ -211,7 +212,7 @@ class SearchRun:
             bar = tqdm(total=self.config.trials, initial=self._finished(study), disable=not self.progress,
                        desc=f"search {self.config.study}", unit="trial")
             try:
-                wants_score = self.config.mode == "score" or bool(self._groups)
+                wants_score = self.config.mode == "score" or self._schedule is not None
                 self._baseline_cost = self._score_baseline() if wants_score else None
                 while True:
                     self._collect(study, store, pending, block=False, bar=bar)
@@ -222,7 +223,7 @@ class SearchRun:
                     if finished + len(pending) >= self.config.trials or len(pending) >= in_flight:
                         self._collect(study, store, pending, block=True, bar=bar)
                         continue
-                    if self._groups and not self._enter_group(study, store, finished + len(pending), pending, bar):
+                    if self._schedule and not self._enter_group(study, store, finished + len(pending), pending, bar):
                         self._collect(study, store, pending, block=True, bar=bar)
                         continue
                     self._start_trial(study, store, executor, pending, bar)
@@ -259,65 +260,40 @@ class SearchRun:
         self.activation_ranges = ActivationRanges(merged)
         study.set_user_attr("activation_ranges", self.activation_ranges.to_dict())
 
-    # -- group search (search.groups) -------------------------------------------------------
-    def _plan_groups(self, study: optuna.Study) -> tuple[LayerGroup, ...]:
+    # -- group search (search.groups, harness.group_schedule) ------------------------------
+    def _plan_groups(self) -> GroupSchedule:
         """Groups by their share of the int8 candidate's estimated energy, with their budgets."""
         cost = estimate(self.reference, self.space.int8_spec(), input_scheme=self.evaluator.input_scheme)
-        try:
-            groups = plan_groups(self.space, {e.name: e.energy_pj for e in cost.layers}, self.config.groups,
-                                 self.config.trials)
-        except GroupError as e:
-            raise InputError(f"[search.groups] {e}") from e
-        study.set_user_attr("search_groups", [
-            {"name": g.name, "layers": list(g.layers), "params": list(g.params), "cost_pj": g.cost_pj,
-             "trials": g.trials} for g in groups
-        ])
-        self._base_sampler = study.sampler
-        return groups
+        return GroupSchedule(self.space, self.config.groups, self.config.trials,
+                             {e.name: e.energy_pj for e in cost.layers})
 
     def _enter_group(self, study, store: ResultsStore, ordinal: int, pending: list[_Pending], bar) -> bool:
-        """Make the ``ordinal``-th trial's group current; false while the previous group still
-        has trials in flight (the next group starts from its best, so it must know them all)."""
-        index = group_at(self._groups, ordinal)
-        if index == self._group_index:
+        """Make the group of the ``ordinal``-th trial current; false while the previous group
+        still has trials in flight (the next group starts from its best, so it must know them)."""
+        schedule = self._schedule
+        waiting = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+        label = str(waiting[0].user_attrs.get("label", "")) if waiting else ""
+        index = schedule.group_of(label, ordinal)
+        if index is None or index == schedule.index:
             return True
         if pending:
             return False
-        group = self._groups[index]
-        start, best = self._group_start(store, index)
-        fixed = {name: value for name, value in start.items() if name not in group.params}
-        with warnings.catch_warnings():  # "experimental" since Optuna 2.4; the interface we use is stable
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.sampler = optuna.samplers.PartialFixedSampler(fixed, self._base_sampler)
-        self._group_index = index
-        total_pj = sum(g.cost_pj for g in self._groups)
+        group = schedule.groups[index]
+        start = schedule.enter(study, index, self._base_sampler, lambda: store.records(self.config.study),
+                               self._group_score)
+        total_pj = sum(g.cost_pj for g in schedule.groups)
         log.info("group %d/%d %r (%.0f %% of the int8 energy): %d trials; the other layers as %s",
-                 index + 1, len(self._groups), group.name, 100 * group.cost_pj / total_pj if total_pj else 0.0,
-                 group.trials, "the int8 candidate" if best is None else f"trial {best}")
-        bar.set_description(f"search {self.config.study} [group {index + 1}/{len(self._groups)} {group.name}]")
+                 index + 1, len(schedule.groups), group.name, 100 * group.cost_pj / total_pj if total_pj else 0.0,
+                 group.trials, "the int8 candidate" if start is None else f"trial {start}")
+        bar.set_description(f"search {self.config.study} [group {index + 1}/{len(schedule.groups)} {group.name}]")
         return True
 
-    def _group_start(self, store: ResultsStore, index: int) -> tuple[dict[str, object], int | None]:
-        """The parameters a group starts from: those of the best-scoring (forgiving factor)
-        complete, feasible trial of the earlier groups, and its number; the int8 candidate's
-        before there is one."""
-        earlier = {g.name for g in self._groups[:index]}
-        best: tuple[float, int, dict[str, object]] | None = None
-        for record in store.records(self.config.study):
-            if record.state != "complete" or record.params.get("search_group") not in earlier:
-                continue
-            if any(flag.startswith("constraint:") for flag in record.flags):
-                continue
-            if self._cost_of(record.metrics) is None or record.metric_value("accuracy") is None:
-                continue
-            score = self._score(record)
-            if best is None or score > best[0] or (score == best[0] and record.trial_number < best[1]):
-                best = (score, record.trial_number, record.params)
-        names = self.space.distributions()
-        if best is not None:
-            return {n: best[2][n] for n in names if n in best[2]}, best[1]
-        start = self.space.params_for(self.space.int8_spec()) or self.space.params_for(self.space.reference_spec())
-        return start or {name: values[0] for name, values in names.items()}, None
+    def _group_score(self, record: TrialRecord) -> float | None:
+        """The forgiving-factor score that picks a group's start; None without a usable cost."""
+        cost = self._cost_of(record.metrics)
+        if cost is None or cost <= 0 or record.metric_value("accuracy") is None:
+            return None
+        return self._score(record)
 
     def _drain(self, study, store, pending: list[_Pending], bar) -> None:
         """Finish every pending trial (measurements under way are kept, even on Ctrl-C); one
@@ -412,8 +388,9 @@ class SearchRun:
         spec = self.activation_ranges.resolve(self.space.suggest(trial))
         spec = CandidateSpec(spec.layers, label)
         params: dict[str, object] = dict(trial.params)
-        if self._groups:
-            params["search_group"] = self._groups[self._group_index or 0].name
+        if self._schedule is not None:
+            params["search_group"] = self._schedule.name_of(None if label in ("reference", "int8")
+                                                            else self._schedule.index)
         record = TrialRecord(
             study=self.config.study, trial_number=trial.number, candidate_key=spec.key,
             state="running", label=label, params=params, layers=spec.to_dict(),

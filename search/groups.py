@@ -54,6 +54,8 @@ class GroupSettings:
             raise GroupError(f"order {self.order!r}: expected 'cost' or 'sequential'")
         if self.min_trials < 1:
             raise GroupError(f"min_trials must be >= 1, got {self.min_trials}")
+        if self.patterns is not None and len(set(self.patterns)) != len(self.patterns):
+            raise GroupError(f"patterns {list(self.patterns)} name a pattern twice")
         for pattern in self.patterns or ():
             try:
                 re.compile(pattern)
@@ -91,7 +93,9 @@ def plan_groups(
             members[pattern].append(name)
     for pattern, layers in members.items():
         if not layers:
-            raise GroupError(f"pattern {pattern!r} matches no quantizable layer (layers: {', '.join(names)})")
+            taken = any(re.fullmatch(pattern, name) for name in names)
+            raise GroupError(f"pattern {pattern!r} matches no quantizable layer (layers: {', '.join(names)})"
+                             if not taken else f"pattern {pattern!r}: all its layers are taken by earlier patterns")
 
     owner = {layer: pattern for pattern, layers in members.items() for layer in layers}
     cost = {p: float(sum(layer_cost_pj.get(layer, 0.0) for layer in layers)) for p, layers in members.items()}
@@ -143,7 +147,7 @@ def _budgets(costs: Sequence[float], trials: int, min_trials: int) -> list[int]:
 
 def group_at(groups: Sequence[LayerGroup], ordinal: int) -> int:
     """The index of the group the ``ordinal``-th trial (from 0) belongs to; the last group
-    takes any trial past the budget (a study resumed with a larger ``trials``)."""
+    takes any trial past the budget (a study resumed with a larger ``trials`` keeps its plan)."""
     end = 0
     for index, group in enumerate(groups):
         end += group.trials

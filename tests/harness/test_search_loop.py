@@ -400,53 +400,84 @@ def test_group_search_runs_the_costliest_group_first_then_starts_each_from_the_b
     tiny_reference: Path, tmp_path: Path
 ) -> None:
     groups = {"patterns": ["conv.*", "dense"], "min_trials": 3}
-    search = {"study": "groups", "sampler": "random", "trials": 8, "in_flight": 2, "groups": groups}
+    search = {"study": "groups", "sampler": "random", "trials": 10, "in_flight": 2, "groups": groups}
     config = make(tiny_reference, tmp_path / "results", {"search": search})
     run = SearchRun(config, progress=False)
     summary = run.run()
-    assert summary.finished == 8
-    plan = open_study(config, Path(config.results_dir)).user_attrs["search_groups"]
+    assert summary.finished == 10
+    attrs = open_study(config, Path(config.results_dir)).user_attrs
+    plan = attrs["search_groups"]["groups"]
     assert [g["name"] for g in plan] == ["conv.*", "dense"]  # the convolutions cost more at int8
-    assert plan[0]["cost_pj"] > plan[1]["cost_pj"] and sum(g["trials"] for g in plan) == 8
+    assert plan[0]["cost_pj"] > plan[1]["cost_pj"] and sum(g["trials"] for g in plan) == 8  # after the 2 seeds
     records = records_of(config)
     first = plan[0]["trials"]
-    assert [r.params["search_group"] for r in records] == ["conv.*"] * first + ["dense"] * (8 - first)
+    assert [r.params["search_group"] for r in records] == ["seed"] * 2 + ["conv.*"] * first + ["dense"] * (8 - first)
 
     int8 = run.space.params_for(run.space.int8_spec())
-    dense_params = set(plan[1]["params"])
+    conv_params, dense_params = set(plan[0]["params"]), set(plan[1]["params"])
     assert dense_params == {"kernel:dense", "bias:dense"}
-    for record in records[2:first]:  # the first group's proposals keep the dense layer of the int8 candidate
+    conv_trials = records[2:2 + first]
+    for record in conv_trials:  # the first group's proposals keep the dense layer of the int8 candidate
         assert {p: record.params[p] for p in dense_params} == {p: int8[p] for p in dense_params}
-    # the second group starts from the best first-group candidate by the forgiving factor
+    assert any(record.params[p] != int8[p] for record in conv_trials for p in conv_params)  # and search conv
+    # the second group starts from the best seed or first-group trial by the forgiving factor
     baseline = records[1].metric_value("energy_mj")
-    best = max((r for r in records[:first] if r.state == "complete"),
+    best = max((r for r in records[:2 + first] if r.state == "complete"),
                key=lambda r: (config.score.score(r.metric_value("accuracy"), baseline, r.metric_value("energy_mj")),
                               -r.trial_number))
-    for record in records[first:]:
-        for name in plan[0]["params"]:
+    assert attrs["search_group_starts"]["1"]["trial"] == best.trial_number
+    assert attrs["search_group_starts"]["0"]["trial"] is None  # the int8 candidate
+    for record in records[2 + first:]:
+        for name in conv_params:
             assert record.params[name] == best.params[name], (record.trial_number, name)
 
 
-def test_group_search_resumes_in_its_group_from_the_same_start(tiny_reference: Path, tmp_path: Path) -> None:
-    groups = {"patterns": ["conv.*", "dense"], "min_trials": 2}
-    search = {"study": "groups-resume", "sampler": "random", "trials": 4, "in_flight": 1, "groups": groups}
+def test_group_search_resumes_with_its_plan_and_starts(tiny_reference: Path, tmp_path: Path) -> None:
+    groups = {"patterns": ["conv.*", "dense"], "min_trials": 1}
+    search = {"study": "groups-resume", "sampler": "random", "trials": 5, "in_flight": 1, "groups": groups}
     config = make(tiny_reference, tmp_path / "results", {"search": search})
     SearchRun(config, progress=False).run()
-    first = open_study(config, Path(config.results_dir)).user_attrs["search_groups"][0]["trials"]
-    # a second process with a larger budget carries on; the trials already run keep their group
-    SearchRun(config.with_overrides(trials=6), progress=False).run()
+    before = open_study(config, Path(config.results_dir)).user_attrs
+    assert [g["trials"] for g in before["search_groups"]["groups"]] == [2, 1]
+    # a second process with a larger budget carries on in the last group, from the same start
+    SearchRun(config.with_overrides(trials=8), progress=False).run()
+    after = open_study(config, Path(config.results_dir)).user_attrs
+    assert after["search_groups"] == before["search_groups"]
+    assert after["search_group_starts"] == before["search_group_starts"]
     records = records_of(config)
-    assert len(records) == 6 and [r.params["search_group"] for r in records[:first]] == ["conv.*"] * first
-    dense_trials = [r for r in records if r.params["search_group"] == "dense"]
-    starts = {tuple(r.params[p] for p in ("kernel:conv1", "kernel:conv2", "size:conv1")) for r in dense_trials}
-    assert len(starts) == 1  # one carried candidate for every dense-group trial, in both processes
+    assert [r.params["search_group"] for r in records] == ["seed"] * 2 + ["conv.*"] * 2 + ["dense"] * 4
+    start = after["search_group_starts"]["1"]["params"]
+    for record in records[4:]:
+        assert all(record.params[p] == start[p] for p in ("kernel:conv1", "kernel:conv2", "size:conv1"))
+
+    changed = make(tiny_reference, tmp_path / "results",
+                   {"search": {**search, "groups": {**groups, "min_trials": 2}, "trials": 8}})
+    with pytest.raises(InputError, match=r"study 'groups-resume' was searched with \[search.groups\]"):
+        SearchRun(changed, progress=False).run()
+
+
+def test_a_joint_study_is_not_resumed_as_a_group_search(tiny_reference: Path, tmp_path: Path) -> None:
+    search = {"study": "joint", "sampler": "random", "trials": 3}
+    config = make(tiny_reference, tmp_path / "results", {"search": search})
+    SearchRun(config, progress=False).run()
+    grouped_search = {**search, "trials": 9, "groups": {"min_trials": 1}}
+    grouped = make(tiny_reference, tmp_path / "results", {"search": grouped_search})
+    with pytest.raises(InputError, match=r"study 'joint' was searched without \[search.groups\]"):
+        SearchRun(grouped, progress=False).run()
 
 
 def test_group_search_config_errors_are_one_line_input_errors(tiny_reference: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
     with pytest.raises(InputError, match=r"\[search.groups\] order 'x': expected 'cost' or 'sequential'"):
-        make(tiny_reference, tmp_path / "results", {"search": {"groups": {"order": "x"}}})
+        make(tiny_reference, results, {"search": {"groups": {"order": "x"}}})
     with pytest.raises(InputError, match=r"\[search.groups\]: unknown key 'pattern'"):
-        make(tiny_reference, tmp_path / "results", {"search": {"groups": {"pattern": ["x"]}}})
-    config = make(tiny_reference, tmp_path / "results", {"search": {"groups": {"patterns": ["conv1", "fc"]}}})
+        make(tiny_reference, results, {"search": {"groups": {"pattern": ["x"]}}})
+    with pytest.raises(InputError, match=r"\[search.groups\] patterns \['conv1', 'conv1'\] name a pattern twice"):
+        make(tiny_reference, results, {"search": {"groups": {"patterns": ["conv1", "conv1"]}}})
+    config = make(tiny_reference, results, {"search": {"groups": {"patterns": ["conv1", "fc"]}}})
     with pytest.raises(InputError, match=r"\[search.groups\] pattern 'fc' matches no quantizable layer"):
         SearchRun(config, progress=False).run()
+    config = make(tiny_reference, results, {"search": {"trials": 30, "groups": {}}})  # 3 layers x 10 > 28
+    with pytest.raises(InputError, match=r"28 trials cannot give each of 3 groups its 10 .*the 2 seed trials"):
+        SearchRun(config, progress=False).run()
+    assert not (results / "optuna.sqlite3").exists()  # refused before the study was created

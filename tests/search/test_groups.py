@@ -91,6 +91,7 @@ def test_plans_that_cannot_work_are_refused(doc000: keras.Model, settings, trial
     ({"order": "random"}, "order 'random'"),
     ({"min_trials": 0}, "min_trials must be >= 1"),
     ({"patterns": ("conv(",)}, "not a valid regex"),
+    ({"patterns": ("conv1", "conv1")}, "name a pattern twice"),
 ])  # fmt: skip
 def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(GroupError, match=message):
@@ -112,3 +113,9 @@ def test_group_at_maps_trial_ordinals_to_groups(doc000: keras.Model) -> None:
     assert group_at(groups, ends[0] - 1) == 0 and group_at(groups, ends[0]) == 1
     assert group_at(groups, ends[-1] - 1) == len(groups) - 1
     assert group_at(groups, ends[-1] + 5) == len(groups) - 1  # a resumed study with more trials
+
+
+def test_a_pattern_whose_layers_an_earlier_one_took_is_named(doc000: keras.Model) -> None:
+    space = build_space(doc000)
+    with pytest.raises(GroupError, match=r"pattern 'conv1': all its layers are taken by earlier patterns"):
+        plan_groups(space, int8_costs(doc000, space), GroupSettings(patterns=("conv.*", "conv1", "dense")), 100)
