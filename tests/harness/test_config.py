@@ -330,3 +330,18 @@ def test_reading_a_config_does_not_import_tensorflow(tmp_path) -> None:
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_group_search_example_loads_and_its_budget_fits_the_example_model() -> None:
+    from harness.example import build_doc000
+    from search.estimates import estimate
+    from search.groups import plan_groups
+    from search.space import build_space
+
+    config = load_config(REPO / "examples" / "doc000-groups.toml")
+    assert config.groups is not None and config.groups.order == "cost" and config.groups.min_trials == 10
+    model = build_doc000((8, 8, 1), 10)  # the example on digits
+    space = build_space(model, config.space)
+    costs = {e.name: e.energy_pj for e in estimate(model, space.int8_spec()).layers}
+    groups = plan_groups(space, costs, config.groups, config.trials - 2)  # after the two seeds
+    assert len(groups) == 4 and sum(g.trials for g in groups) == config.trials - 2
