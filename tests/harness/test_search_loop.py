@@ -435,12 +435,15 @@ def test_group_search_runs_the_costliest_group_first_then_starts_each_from_the_b
 def test_group_search_resumes_with_its_plan_and_starts(tiny_reference: Path, tmp_path: Path) -> None:
     groups = {"patterns": ["conv.*", "dense"], "min_trials": 1}
     search = {"study": "groups-resume", "sampler": "random", "trials": 5, "in_flight": 1, "groups": groups}
-    config = make(tiny_reference, tmp_path / "results", {"search": search})
+    config = make(tiny_reference, tmp_path / "results", {"search": search, "score": {"delta_p": 50.0}})
     SearchRun(config, progress=False).run()
     before = open_study(config, Path(config.results_dir)).user_attrs
     assert [g["trials"] for g in before["search_groups"]["groups"]] == [2, 1]
     # a second process with a larger budget carries on in the last group, from the same start
-    SearchRun(config.with_overrides(trials=8), progress=False).run()
+    # ... even when its [score] would now pick another start: the start is chosen once
+    later = {"search": {**search, "trials": 8}, "score": {"delta_p": 0.01}}
+    resumed = make(tiny_reference, tmp_path / "results", later)
+    SearchRun(resumed, progress=False).run()
     after = open_study(config, Path(config.results_dir)).user_attrs
     assert after["search_groups"] == before["search_groups"]
     assert after["search_group_starts"] == before["search_group_starts"]
