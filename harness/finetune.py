@@ -38,6 +38,7 @@ from results.store import ResultsStore
 from search.candidate import CandidateSpec
 from search.estimates import estimate
 from search.quantizers import qkeras_custom_objects
+from search.space import SEED_LABELS
 
 __all__ = [
     "FINETUNED_SUFFIX", "FinetuneRun", "FinetuneSummary", "finetuned_study", "raise_for_failures", "select_trials",
@@ -45,7 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 FINETUNED_SUFFIX = "-finetuned"
-BASELINE_LABELS = ("reference", "int8")
 
 
 def finetuned_study(study: str) -> str:
@@ -67,7 +67,7 @@ def select_trials(
     feasible = frame[~frame["flags"].fillna("").str.contains("constraint:")]
     slack = {"accuracy": accuracy_margin} if accuracy_margin else None
     chosen = set(pareto_front(feasible, objectives, slack)["trial_number"].astype(int))
-    chosen |= {r.trial_number for r in complete if r.label in BASELINE_LABELS}
+    chosen |= {r.trial_number for r in complete if r.label in SEED_LABELS}
     first_of_key: dict[str, int] = {}
     for record in sorted(complete, key=lambda r: r.trial_number):
         first_of_key.setdefault(record.candidate_key, record.trial_number)

@@ -18,12 +18,11 @@ import optuna
 from harness.errors import InputError
 from results.records import TrialRecord
 from search.groups import GroupError, GroupSettings, LayerGroup, group_at, plan_groups
-from search.space import SearchSpace
+from search.space import SEED_LABELS, SearchSpace
 
 __all__ = ["GroupSchedule", "SEED_GROUP"]
 
 SEED_GROUP = "seed"
-_SEED_LABELS = ("reference", "int8")
 
 
 class GroupSchedule:
@@ -38,12 +37,15 @@ class GroupSchedule:
             self.groups: tuple[LayerGroup, ...] = plan_groups(space, layer_cost_pj, settings, trials - self.seeds)
         except GroupError as e:
             raise InputError(f"[search.groups] {e} (the {self.seeds} seed trials come first)") from e
-        self.index: int | None = None
+        self.index: int | None = None  # the group being searched
+        self.base_sampler: optuna.samplers.BaseSampler | None = None  # the study's own, set by adopt()
 
     def adopt(self, study: optuna.Study) -> None:
-        """Keep the plan the study was started with; refuse other group settings on resume."""
+        """Keep the plan the study was started with; refuse other group settings on resume.
+        Call it after the study's sampler is set: the groups' samplers wrap it."""
+        self.base_sampler = study.sampler
         saved = study.user_attrs.get("search_groups")
-        ran = any(t.user_attrs.get("label") not in _SEED_LABELS for t in study.get_trials(deepcopy=False))
+        ran = any(t.user_attrs.get("label") not in SEED_LABELS for t in study.get_trials(deepcopy=False))
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.settings).items()}
         if saved is None:
             if ran:
@@ -60,28 +62,29 @@ class GroupSchedule:
 
     def group_of(self, label: str, ordinal: int) -> int | None:
         """The group index of the ``ordinal``-th trial (from 0, seeds included); None for a seed."""
-        if label in _SEED_LABELS:
+        if label in SEED_LABELS:
             return None
         return group_at(self.groups, max(0, ordinal - self.seeds))
 
-    def name_of(self, index: int | None) -> str:
-        return SEED_GROUP if index is None else self.groups[index].name
+    def group_name(self, label: str) -> str:
+        """What a trial with ``label``, started now, records as its group."""
+        return SEED_GROUP if label in SEED_LABELS or self.index is None else self.groups[self.index].name
 
-    def enter(self, study: optuna.Study, index: int, base_sampler: optuna.samplers.BaseSampler,
-              records: Callable[[], Iterable[TrialRecord]], score: Callable[[TrialRecord], float | None]) -> int | None:
+    def enter(self, study: optuna.Study, index: int, records: Callable[[], Iterable[TrialRecord]],
+              score: Callable[[TrialRecord], float | None]) -> int | None:
         """Make group ``index`` current: the other layers fixed at its start. Returns the trial
         number it starts from (None: the int8 candidate)."""
         starts = dict(study.user_attrs.get("search_group_starts", {}))
         key = str(index)
         if key not in starts:  # chosen once: a resumed process reuses it whatever it would pick now
             number, params = self._best_earlier(index, records(), score)
-            starts[key] = {"trial": number, "params": params}
+            starts[key] = {"trial": number, "params": self._in_space(params)}
             study.set_user_attr("search_group_starts", starts)
         start = self._in_space(starts[key]["params"])
         fixed = {name: value for name, value in start.items() if name not in self.groups[index].params}
         with warnings.catch_warnings():  # "experimental" since Optuna 2.4; the interface used is stable
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.sampler = optuna.samplers.PartialFixedSampler(fixed, base_sampler)
+            study.sampler = optuna.samplers.PartialFixedSampler(fixed, self.base_sampler)
         self.index = index
         return starts[key]["trial"]
 
@@ -105,7 +108,7 @@ class GroupSchedule:
                 best = (value, record.trial_number, record.params)
         if best is None:
             return None, self._int8_params()
-        return best[1], {n: best[2][n] for n in self.space.distributions() if n in best[2]}
+        return best[1], best[2]
 
     def _int8_params(self) -> dict[str, object]:
         space = self.space

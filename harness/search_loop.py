@@ -64,7 +64,7 @@ from search.candidate import CandidateSpec
 from search.estimates import estimate
 from search.graph import GraphError
 from search.samplers import make_pruner, make_sampler
-from search.space import SearchSpace, SpaceError, build_space
+from search.space import SEED_LABELS, SearchSpace, SpaceError, build_space
 
 __all__ = ["SearchRun", "SearchSummary", "open_study", "study_storage_url"]
 
@@ -199,7 +199,6 @@ class SearchRun:
             self._seed(study)
             if self._schedule is not None:
                 self._schedule.adopt(study)
-                self._base_sampler = study.sampler
             if self.config.measure.prescreen:
                 self._refit(store)  # a resumed study pre-screens from its first new trial
             self.fleet, lease_store = open_fleet(self.devices, self.results_dir, self.config.measure)
@@ -271,7 +270,7 @@ class SearchRun:
         """Make the group of the ``ordinal``-th trial current; false while the previous group
         still has trials in flight (the next group starts from its best, so it must know them)."""
         schedule = self._schedule
-        waiting = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         label = str(waiting[0].user_attrs.get("label", "")) if waiting else ""
         index = schedule.group_of(label, ordinal)
         if index is None or index == schedule.index:
@@ -279,8 +278,7 @@ class SearchRun:
         if pending:
             return False
         group = schedule.groups[index]
-        start = schedule.enter(study, index, self._base_sampler, lambda: store.records(self.config.study),
-                               self._group_score)
+        start = schedule.enter(study, index, lambda: store.records(self.config.study), self._group_score)
         total_pj = sum(g.cost_pj for g in schedule.groups)
         log.info("group %d/%d %r (%.0f %% of the int8 energy): %d trials; the other layers as %s",
                  index + 1, len(schedule.groups), group.name, 100 * group.cost_pj / total_pj if total_pj else 0.0,
@@ -389,8 +387,7 @@ class SearchRun:
         spec = CandidateSpec(spec.layers, label)
         params: dict[str, object] = dict(trial.params)
         if self._schedule is not None:
-            params["search_group"] = self._schedule.name_of(None if label in ("reference", "int8")
-                                                            else self._schedule.index)
+            params["search_group"] = self._schedule.group_name(label)
         record = TrialRecord(
             study=self.config.study, trial_number=trial.number, candidate_key=spec.key,
             state="running", label=label, params=params, layers=spec.to_dict(),
@@ -531,7 +528,7 @@ class SearchRun:
         is held back only when its predicted energy, with the fit's error in its favour, is
         dominated on every class. Predictions are recorded either way.
         """
-        if not self.config.measure.prescreen or label in ("reference", "int8"):
+        if not self.config.measure.prescreen or label in SEED_LABELS:
             return None
         if not set(self.fleet.classes) <= set(self._calibrations):
             return None  # a class without a fitted model: measure, which also feeds its fit

@@ -44,9 +44,14 @@ __all__ = [
     "DEFAULT_BIAS",
     "DEFAULT_ACTIVATION",
     "DEFAULT_MULTIPLIERS",
+    "SEED_LABELS",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Labels of the candidates every study is seeded with: :meth:`SearchSpace.reference_spec`
+#: and :meth:`SearchSpace.int8_spec`.
+SEED_LABELS = ("reference", "int8")
 
 # Activation functions a quantizer can follow; others (softmax, sigmoid…) stay float.
 _QUANTIZABLE_ACTIVATIONS = ("relu", "linear")
